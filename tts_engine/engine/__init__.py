@@ -1,0 +1,1 @@
+"""Engine: scheduler, KV cache, model runner, sampler and the LLM API."""

@@ -1,0 +1,174 @@
+"""KV slot allocator and the prefix index: a token-granular radix tree (SGLang's RadixAttention).
+
+Each tree node holds a run of tokens and the pool slots holding their K/V. Slots in the tree are
+never written again, so sharing needs no copy-on-write: a sequence that extends a cached prefix
+just lists the prefix's slots followed by its own. Running sequences lock the path to their deepest
+node; eviction frees unlocked leaves, least recently used first.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+
+
+class SlotAllocator:
+    def __init__(self, num_slots: int):
+        self.num_slots = num_slots
+        self._free = list(range(num_slots - 1, -1, -1))
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def alloc(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise RuntimeError(f"KV pool exhausted: asked for {n} slots, {len(self._free)} free")
+        out = self._free[len(self._free) - n:]
+        del self._free[len(self._free) - n:]
+        return out
+
+    def free(self, slots: list[int]) -> None:
+        self._free.extend(slots)
+
+
+class Node:
+    __slots__ = ("parent", "children", "key", "slots", "lock_ref", "last_access")
+
+    def __init__(self, parent: "Node | None", key: list[int], slots: list[int]):
+        self.parent = parent
+        self.children: dict[int, Node] = {}
+        self.key = key
+        self.slots = slots
+        self.lock_ref = 0
+        self.last_access = 0
+
+
+class RadixCache:
+    def __init__(self, allocator: SlotAllocator):
+        self.allocator = allocator
+        self.root = Node(None, [], [])
+        self.root.lock_ref = 1          # never evicted
+        self._clock = itertools.count(1)
+        self.num_cached = 0             # tokens held by the tree
+
+    # ------------------------------------------------------------ lookup
+    def match_prefix(self, tokens: list[int]) -> tuple[list[int], Node]:
+        """Longest cached prefix of `tokens`: its slots and the node where it ends (split so that
+        the boundary is exact)."""
+        node, slots, i = self.root, [], 0
+        now = next(self._clock)
+        node.last_access = now
+        while i < len(tokens):
+            child = node.children.get(tokens[i])
+            if child is None:
+                break
+            n = _common_len(child.key, tokens, i)
+            if n < len(child.key):
+                child = self._split(child, n)
+            child.last_access = now
+            slots += child.slots
+            node, i = child, i + n
+        return slots, node
+
+    def _split(self, node: Node, n: int) -> Node:
+        """Cut `node` after its first n tokens; return the new upper part."""
+        upper = Node(node.parent, node.key[:n], node.slots[:n])
+        upper.lock_ref, upper.last_access = node.lock_ref, node.last_access
+        upper.children = {node.key[n]: node}
+        node.parent.children[node.key[0]] = upper
+        node.parent, node.key, node.slots = upper, node.key[n:], node.slots[n:]
+        return upper
+
+    def insert(self, tokens: list[int], slots: list[int]) -> tuple[int, Node]:
+        """Add tokens -> slots. Returns (how many leading tokens were already cached, last node).
+        Already-cached positions keep the tree's slots; the caller frees its own copies."""
+        node, i = self.root, 0
+        now = next(self._clock)
+        while i < len(tokens):
+            child = node.children.get(tokens[i])
+            if child is None:
+                leaf = Node(node, tokens[i:], slots[i:])
+                leaf.last_access = now
+                node.children[tokens[i]] = leaf
+                self.num_cached += len(leaf.key)
+                return i, leaf
+            n = _common_len(child.key, tokens, i)
+            if n < len(child.key):
+                child = self._split(child, n)
+            child.last_access = now
+            node, i = child, i + n
+        return i, node
+
+    def cached_len(self, tokens: list[int]) -> int:
+        """Length of the cached prefix of `tokens`, without touching the tree."""
+        node, i = self.root, 0
+        while i < len(tokens):
+            child = node.children.get(tokens[i])
+            if child is None:
+                break
+            n = _common_len(child.key, tokens, i)
+            i += n
+            if n < len(child.key):
+                break
+            node = child
+        return i
+
+    # ------------------------------------------------------------ locks
+    def lock(self, node: Node) -> None:
+        while node is not None:
+            node.lock_ref += 1
+            node = node.parent
+
+    def unlock(self, node: Node) -> None:
+        while node is not None:
+            node.lock_ref -= 1
+            node = node.parent
+
+    # ------------------------------------------------------------ eviction
+    def evict(self, num_tokens: int) -> int:
+        """Free at least num_tokens slots from unlocked leaves (LRU first) if possible; return how many."""
+        heap = [(n.last_access, id(n), n) for n in self._leaves() if n.lock_ref == 0]
+        heapq.heapify(heap)
+        freed = 0
+        while heap and freed < num_tokens:
+            _, _, leaf = heapq.heappop(heap)
+            self.allocator.free(leaf.slots)
+            freed += len(leaf.slots)
+            self.num_cached -= len(leaf.key)
+            parent = leaf.parent
+            del parent.children[leaf.key[0]]
+            if parent is not self.root and not parent.children and parent.lock_ref == 0:
+                heapq.heappush(heap, (parent.last_access, id(parent), parent))
+        return freed
+
+    @property
+    def evictable(self) -> int:
+        return sum(len(n.key) for n in self._nodes() if n.lock_ref == 0)
+
+    def clear(self) -> None:
+        """Drop every cached entry and give all their slots back (no sequence may hold locks)."""
+        for n in self._nodes():
+            if n is not self.root:
+                self.allocator.free(n.slots)
+        self.root.children.clear()
+        self.num_cached = 0
+
+    def _nodes(self):
+        stack = [self.root]
+        while stack:
+            n = stack.pop()
+            yield n
+            stack.extend(n.children.values())
+
+    def _leaves(self):
+        return (n for n in self._nodes() if not n.children and n is not self.root)
+
+
+def _common_len(key: list[int], tokens: list[int], start: int) -> int:
+    n = min(len(key), len(tokens) - start)
+    if key[:n] == tokens[start:start + n]:
+        return n
+    i = 0
+    while i < n and key[i] == tokens[start + i]:
+        i += 1
+    return i

@@ -1,0 +1,67 @@
+"""Model runner: owns the model and the KV pool, turns a scheduled batch into tensors, runs the
+forward pass and returns logits for the sequences that sample this step."""
+from __future__ import annotations
+
+import torch
+
+from tts_engine.engine.scheduler import ScheduledBatch
+from tts_engine.engine.sequence import Sequence
+from tts_engine.models.attention import AttentionMetadata
+from tts_engine.models.llama import CausalLM
+
+
+class ModelRunner:
+    def __init__(self, model: CausalLM, num_slots: int, dtype: torch.dtype, device: torch.device):
+        cfg = model.cfg
+        self.model, self.device = model, device
+        # One tensor for the whole pool: [layers, K/V, slots, kv_heads, head_dim].
+        self.kv_cache = torch.zeros(cfg.num_layers, 2, num_slots, cfg.num_kv_heads, cfg.head_dim,
+                                    dtype=dtype, device=device)
+        for i, layer in enumerate(model.model.layers):
+            layer.self_attn.attn.k_cache = self.kv_cache[i, 0]
+            layer.self_attn.attn.v_cache = self.kv_cache[i, 1]
+
+    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        ids, pos, slot_map, sample_rows = [], [], [], []
+        for seq in batch.decode:
+            n = seq.num_computed - 1
+            ids.append(seq.token_ids[n])
+            pos.append(n)
+            slot_map.append(seq.slots[n])
+            sample_rows.append(len(ids) - 1)
+        q_lens, prefill_slots = [], []
+        for seq, start, end in batch.prefill:
+            ids += seq.token_ids[start:end]
+            pos += range(start, end)
+            slot_map += seq.slots[start:end]
+            q_lens.append(end - start)
+            prefill_slots.append(torch.tensor(seq.slots[:end], device=self.device))
+            if end == len(seq):
+                sample_rows.append(len(ids) - 1)
+        dev = self.device
+        if batch.decode:
+            max_kv = max(s.num_computed for s in batch.decode)
+            table = [s.slots[:s.num_computed] + [0] * (max_kv - s.num_computed) for s in batch.decode]
+            block_table = torch.tensor(table, device=dev)
+            kv_lens = torch.tensor([s.num_computed for s in batch.decode], device=dev)
+        else:
+            block_table = torch.zeros(0, 1, dtype=torch.long, device=dev)
+            kv_lens = torch.zeros(0, dtype=torch.long, device=dev)
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slot_map, device=dev),
+            num_decode=len(batch.decode),
+            decode_block_table=block_table,
+            decode_kv_lens=kv_lens,
+            prefill_q_lens=q_lens,
+            prefill_slots=prefill_slots,
+        )
+        return torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta, sample_rows
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
+        """Forward the batch; return the sequences that sample now and their logits [n, vocab] (float32)."""
+        input_ids, positions, meta, rows = self.prepare(batch)
+        hidden = self.model(input_ids, positions, meta)
+        logits = self.model.compute_logits(hidden[rows])
+        seqs = [s for s in batch.decode] + [s for s, _, e in batch.prefill if e == len(s)]
+        return seqs, logits

@@ -1,0 +1,192 @@
+"""Continuous batching over the radix-cached KV pool.
+
+Every step packs one token for each decoding sequence, then fills the rest of the token budget
+with prefill work (whole prompts, or chunks of long ones). When the pool runs short it first
+evicts cached-but-unused prefixes, then preempts the most recently admitted running sequence:
+its tokens go into the cache and it waits to be recomputed (cheaply, if its prefix survives).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from tts_engine.engine.cache import RadixCache, SlotAllocator
+from tts_engine.engine.sequence import Sequence, Status
+
+
+@dataclass
+class ScheduledBatch:
+    decode: list[Sequence] = field(default_factory=list)       # one new token each
+    prefill: list[tuple[Sequence, int, int]] = field(default_factory=list)   # (seq, start, end) tokens to compute
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.decode) + sum(e - s for _, s, e in self.prefill)
+
+    def __bool__(self) -> bool:
+        return bool(self.decode or self.prefill)
+
+
+@dataclass
+class SchedulerStats:
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    computed_prompt_tokens: int = 0
+    recomputed_tokens: int = 0          # tokens computed again after a preemption
+    preemptions: int = 0
+
+
+class Scheduler:
+    def __init__(self, num_slots: int, max_num_batched_tokens: int, max_num_seqs: int, enable_prefix_caching: bool):
+        self.allocator = SlotAllocator(num_slots)
+        self.cache = RadixCache(self.allocator)
+        self.enable_prefix_caching = enable_prefix_caching
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []      # admission order; the newest is preempted first
+        self.stats = SchedulerStats()
+
+    @property
+    def kv_tokens_in_use(self) -> int:
+        return self.allocator.num_slots - self.allocator.num_free
+
+    def add(self, seq: Sequence) -> None:
+        self.stats.prompt_tokens += seq.num_prompt_tokens
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ------------------------------------------------------------ scheduling
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        scheduled: set[int] = set()      # sequences in this batch can no longer be preempted
+        budget = self.max_num_batched_tokens
+        for seq in list(self.running):
+            if seq.status is not Status.RUNNING or seq.is_prefilling:
+                continue
+            if not self._reserve(1, seq, scheduled):
+                continue   # seq itself was preempted
+            seq.slots += self.allocator.alloc(1)
+            seq.num_computed += 1
+            batch.decode.append(seq)
+            scheduled.add(seq.seq_id)
+            budget -= 1
+        # Sequences part-way through a chunked prefill, then new ones.
+        for seq in [s for s in self.running if s.is_prefilling]:
+            if budget <= 0:
+                break
+            if seq.status is Status.RUNNING:
+                budget -= self._schedule_prefill(seq, budget, batch, scheduled, preempt=True)
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            self._admit(seq)
+            used = self._schedule_prefill(seq, budget, batch, scheduled, preempt=False)
+            if used == 0:
+                self._release(seq, keep_tokens=False)
+                break
+            self.waiting.popleft()
+            if not seq.admitted:
+                seq.admitted = True
+                seq.num_cached_prompt_tokens = seq.num_computed - used   # the matched prefix
+                self.stats.cached_prompt_tokens += seq.num_cached_prompt_tokens
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            budget -= used
+        if not batch and self.has_work():
+            raise RuntimeError("scheduler made no progress: the KV pool cannot hold the next sequence")
+        return batch
+
+    def _admit(self, seq: Sequence) -> None:
+        """Match the longest cached prefix and lock it. At least the last token is always computed,
+        since its logits are needed to sample the next token."""
+        if self.enable_prefix_caching:
+            slots, node = self.cache.match_prefix(seq.token_ids[:-1])
+        else:
+            slots, node = [], self.cache.root
+        self.cache.lock(node)
+        seq.node, seq.slots = node, list(slots)
+        seq.num_computed = seq.num_tree = len(slots)
+
+    def _schedule_prefill(self, seq: Sequence, budget: int, batch: ScheduledBatch, scheduled: set[int],
+                          preempt: bool) -> int:
+        start = seq.num_computed
+        end = min(len(seq), start + budget)
+        if not self._reserve(end - start, seq, scheduled, preempt):
+            if seq.status is not Status.RUNNING and preempt:
+                return 0   # seq itself was preempted
+            end = start + self.allocator.num_free
+            if end <= start:
+                return 0
+        seq.slots += self.allocator.alloc(end - start)
+        seq.num_computed = end
+        if self.enable_prefix_caching and seq.num_tree == start and self.cache.cached_len(seq.token_ids[:end]) == start:
+            # Publish the chunk now: sequences admitted later in this same step reuse it, since every
+            # layer stores all new K/V before any attention reads them.
+            _, node = self.cache.insert(seq.token_ids[:end], seq.slots[:end])
+            self.cache.lock(node)
+            self.cache.unlock(seq.node)
+            seq.node, seq.num_tree = node, end
+        n = end - start
+        if seq.num_preemptions:
+            self.stats.recomputed_tokens += n
+        else:
+            self.stats.computed_prompt_tokens += n
+        batch.prefill.append((seq, start, end))
+        scheduled.add(seq.seq_id)
+        return n
+
+    def _reserve(self, n: int, keep: Sequence, scheduled: set[int], preempt: bool = True) -> bool:
+        """Make n slots free: evict unused cache entries, then (if allowed) preempt running
+        sequences, newest first, but none already in this step's batch. False if room can't be
+        made or `keep` itself had to be preempted."""
+        if self.allocator.num_free < n:
+            self.cache.evict(n - self.allocator.num_free)
+        while preempt and self.allocator.num_free < n and self.running:
+            victim = self.running[-1]
+            if victim.seq_id in scheduled:
+                return False
+            self.preempt(victim)
+            if victim is keep:
+                return False
+            self.cache.evict(n - self.allocator.num_free)
+        return self.allocator.num_free >= n
+
+    def preempt(self, seq: Sequence) -> None:
+        self.stats.preemptions += 1
+        seq.num_preemptions += 1
+        self.running.remove(seq)
+        self._release(seq, keep_tokens=True)
+        seq.status = Status.WAITING
+        self.waiting.appendleft(seq)
+
+    # ------------------------------------------------------------ finishing
+    def finish(self, seq: Sequence) -> None:
+        seq.status = Status.FINISHED
+        self.running.remove(seq)
+        self._release(seq, keep_tokens=True)
+
+    def _release(self, seq: Sequence, keep_tokens: bool) -> None:
+        """Hand the sequence's K/V to the cache (or free it) and drop its lock."""
+        private = seq.slots[seq.num_tree:]
+        if keep_tokens and self.enable_prefix_caching and seq.num_computed > seq.num_tree:
+            n = seq.num_computed
+            existed, _ = self.cache.insert(seq.token_ids[:n], seq.slots[:n])
+            # positions [num_tree, existed) were already cached by another sequence: ours are copies
+            private = seq.slots[seq.num_tree:max(existed, seq.num_tree)]
+        self.allocator.free(private)
+        self.cache.unlock(seq.node)
+        seq.node, seq.slots, seq.num_computed, seq.num_tree = None, [], 0, 0
+
+    def abort_all(self) -> None:
+        """Drop every sequence and the whole cache (after an interrupted step the cache may list
+        slots whose K/V were never written)."""
+        for seq in self.running + list(self.waiting):
+            if seq.node is not None:
+                self.cache.unlock(seq.node)
+                self.allocator.free(seq.slots[seq.num_tree:])
+            seq.status = Status.FINISHED
+        self.running.clear()
+        self.waiting.clear()
+        self.cache.clear()

@@ -1,0 +1,30 @@
+"""Forward-pass FLOPs of the decoder (2 FLOPs per multiply-add), counted for what is computed."""
+from __future__ import annotations
+
+from tts_engine.config import ModelConfig
+
+
+def linear_flops_per_token(cfg: ModelConfig) -> int:
+    """Weight matmuls of all layers for one token (embedding lookup is free; the LM head is separate)."""
+    h = cfg.hidden_size
+    per_layer = h * (cfg.q_size + 2 * cfg.kv_size) + cfg.q_size * h + 3 * h * cfg.intermediate_size
+    return 2 * cfg.num_layers * per_layer
+
+
+def attention_flops(cfg: ModelConfig, start: int, end: int) -> int:
+    """QK^T and PV for query positions [start, end), each attending to every earlier position and itself."""
+    if cfg.sliding_window is None:
+        keys = (end * (end + 1) - start * (start + 1)) // 2
+    else:
+        keys = sum(min(p + 1, cfg.sliding_window) for p in range(start, end))
+    return 2 * 2 * cfg.num_layers * cfg.q_size * keys
+
+
+def lm_head_flops(cfg: ModelConfig, rows: int) -> int:
+    return 2 * cfg.hidden_size * cfg.vocab_size * rows
+
+
+def forward_flops(cfg: ModelConfig, spans: list[tuple[int, int]], head_rows: int) -> int:
+    """FLOPs of one step that computes positions [start, end) of each sequence and the head on head_rows rows."""
+    per_token = linear_flops_per_token(cfg)
+    return sum(per_token * (e - s) + attention_flops(cfg, s, e) for s, e in spans) + lm_head_flops(cfg, head_rows)

@@ -1,0 +1,158 @@
+"""Find a checkpoint and stream its tensors with Hugging Face names.
+
+Two sources:
+- a folder with config.json and *.safetensors (one file, or shards listed in
+  model.safetensors.index.json);
+- a GGUF file of a llama-architecture model (or a folder holding exactly one), dequantized by the
+  `gguf` package (F32, F16, BF16, Q8_0, Q4_0, Q4_1, K-quants ...).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from tts_engine.config import ModelConfig, RopeConfig
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    weights: Callable[[], Iterator[tuple[str, torch.Tensor]]]   # called once, streams (name, tensor)
+    folder: str                      # where tokenizer files are looked up
+    gguf_path: str | None = None     # set when the tokenizer must come from GGUF metadata
+
+
+def find_checkpoint(path: str) -> Checkpoint:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model path {path!r} does not exist (models are loaded from local paths only)")
+    if os.path.isfile(path):
+        if not path.endswith(".gguf"):
+            raise ValueError(f"{path!r} is a file but not a .gguf file; pass a model folder or a GGUF file")
+        return _gguf_checkpoint(path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        ggufs = sorted(glob.glob(os.path.join(path, "*.gguf")))
+        if len(ggufs) == 1:
+            return _gguf_checkpoint(ggufs[0])
+        if len(ggufs) > 1:
+            raise ValueError(f"{path!r} holds several .gguf files; pass one of them: {[os.path.basename(g) for g in ggufs]}")
+        raise FileNotFoundError(f"no config.json (nor a .gguf file) in model folder {path!r}")
+    config = ModelConfig.from_dir(path)
+    files = _safetensors_files(path)
+    return Checkpoint(config, lambda: _iter_safetensors(files), path)
+
+
+def _safetensors_files(path: str) -> list[str]:
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f).get("weight_map", {})
+        files = sorted({os.path.join(path, v) for v in weight_map.values()})
+        absent = [f for f in files if not os.path.isfile(f)]
+        if absent:
+            raise FileNotFoundError(f"shards listed in {index} are missing: {[os.path.basename(a) for a in absent]}")
+        return files
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in model folder {path!r}")
+    return files
+
+
+def _iter_safetensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+# ---------------------------------------------------------------- GGUF
+
+_GGUF_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+}
+_GGUF_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+
+def gguf_reader(path: str):
+    try:
+        import gguf
+    except ImportError as e:
+        raise ImportError("loading GGUF files needs the `gguf` package: pip install 'tts-engine[gguf]'") from e
+    return gguf.GGUFReader(path)
+
+
+def _field(reader, key: str, default=None):
+    f = reader.fields.get(key)
+    return default if f is None else f.contents()
+
+
+def gguf_config(reader) -> ModelConfig:
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise ValueError(f"unsupported GGUF architecture {arch!r}; only 'llama' GGUF files are supported")
+    g = lambda k, d=None: _field(reader, f"llama.{k}", d)  # noqa: E731
+    hidden, heads = g("embedding_length"), g("attention.head_count")
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab = g("vocab_size") or (len(tokens.data) if tokens is not None else None)
+    head_dim = g("attention.key_length") or hidden // heads
+    rope_scaling = g("rope.scaling.type", "none")
+    rope_type = {"none": "default", "linear": "linear"}.get(rope_scaling)
+    if rope_type is None:
+        raise ValueError(f"unsupported GGUF rope scaling {rope_scaling!r}")
+    tensor_names = {t.name for t in reader.tensors}
+    eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    return ModelConfig(
+        architecture="LlamaForCausalLM", vocab_size=vocab, hidden_size=hidden,
+        intermediate_size=g("feed_forward_length"), num_layers=g("block_count"), num_heads=heads,
+        num_kv_heads=g("attention.head_count_kv", heads), head_dim=head_dim,
+        rms_norm_eps=g("attention.layer_norm_rms_epsilon", 1e-5),
+        max_position_embeddings=g("context_length", 4096),
+        rope=RopeConfig(theta=g("rope.freq_base", 10000.0), rope_type=rope_type,
+                        factor=g("rope.scaling.factor", 1.0)),
+        tie_word_embeddings="output.weight" not in tensor_names,
+        eos_token_ids=[eos] if eos is not None else [],
+        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+    )
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    # llama.cpp's converter interleaves the two rotary halves of each head of q/k; undo it.
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _iter_gguf(reader, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    from gguf.quants import dequantize
+    for t in reader.tensors:
+        base, _, kind = t.name.rpartition(".")
+        if base.startswith("blk."):
+            _, idx, part = base.split(".", 2)
+            if part not in _GGUF_LAYER_NAMES:
+                raise ValueError(f"GGUF tensor {t.name!r} is not part of a llama model")
+            name = f"model.layers.{idx}.{_GGUF_LAYER_NAMES[part]}.{kind}"
+        elif base in _GGUF_TOP_NAMES:
+            name = f"{_GGUF_TOP_NAMES[base]}.{kind}"
+        elif base == "rope_freqs":
+            continue   # llama3 factors precomputed by the converter; we compute them from the config
+        else:
+            raise ValueError(f"GGUF tensor {t.name!r} is not part of a llama model")
+        w = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # a writable copy
+        w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
+        if name.endswith("q_proj.weight"):
+            w = _unpermute(w, cfg.num_heads)
+        elif name.endswith("k_proj.weight"):
+            w = _unpermute(w, cfg.num_kv_heads)
+        yield name, torch.from_numpy(np.ascontiguousarray(w))
+
+
+def _gguf_checkpoint(path: str) -> Checkpoint:
+    reader = gguf_reader(path)
+    cfg = gguf_config(reader)
+    return Checkpoint(cfg, lambda: _iter_gguf(reader, cfg), os.path.dirname(os.path.abspath(path)), gguf_path=path)

@@ -1,0 +1,1 @@
+"""Model definitions (one decoder for Llama, Qwen2 and Mistral)."""

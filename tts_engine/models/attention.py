@@ -1,0 +1,57 @@
+"""Attention metadata for one forward step and the attention layer that consumes it.
+
+A step's tokens are packed: first one token per decoding sequence, then the new tokens of each
+prefilling sequence (a whole prompt or a chunk of one). The runner builds one AttentionMetadata
+per step; every layer reads it (nano-vllm's "context" idea, passed explicitly).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tts_engine.kernels import attention_ref
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor        # [tokens] pool slot for each new token's K/V
+    num_decode: int                   # the first num_decode tokens are decode tokens, one per sequence
+    decode_block_table: torch.Tensor  # [num_decode, max_kv] slots of each decoding sequence (padded)
+    decode_kv_lens: torch.Tensor      # [num_decode] KV length including the new token
+    prefill_q_lens: list[int]         # new tokens of each prefilling sequence, in order
+    prefill_slots: list[torch.Tensor]  # all slots (cached prefix + new) of each prefilling sequence
+
+
+class Attention(torch.nn.Module):
+    """Stores the step's new K/V in the pool, then attends over the pool.
+
+    All K/V of a layer are stored before any attention reads them, so a sequence may read slots
+    that another sequence of the same step is writing (shared prompts admitted together)."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = head_dim ** -0.5
+        self.sliding_window = sliding_window
+        self.k_cache: torch.Tensor | None = None   # [num_slots, kv_heads, dim], set by the runner
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        attention_ref.store_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
+        outs = []
+        nd = meta.num_decode
+        if nd:
+            out, _ = attention_ref.decode_attention(q[:nd], self.k_cache, self.v_cache, meta.decode_block_table,
+                                                    meta.decode_kv_lens, self.scale, self.sliding_window)
+            outs.append(out)
+        start = nd
+        for n, slots in zip(meta.prefill_q_lens, meta.prefill_slots):
+            outs.append(attention_ref.extend_attention(q[start:start + n], self.k_cache, self.v_cache, slots,
+                                                       self.scale, self.sliding_window))
+            start += n
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return out.reshape(-1, self.num_heads * self.head_dim)
