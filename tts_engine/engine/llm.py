@@ -124,7 +124,33 @@ class LLM:
         seqs = [s for _, _, group in requests for s in group]
         for s in seqs:
             self.scheduler.add(s)
-        bar = tqdm(total=len(seqs), desc="generate", disable=not use_tqdm)
+        self._run_to_completion(len(seqs), use_tqdm)
+        return [self._request_output(*r) for r in requests]
+
+    def encode(self, prompts: list[list[int]], positions: list[list[int]] | None = None) -> list[torch.Tensor]:
+        """Final hidden states ([len(positions), hidden], after the last norm) of token-id prompts at
+        the given positions (default: all). The longest cached prefix before the first requested
+        position is reused and the prompt stays cached, so scoring a prefix plus a new step
+        computes only the new step. `self.model.compute_logits` turns them into logits."""
+        if positions is None:
+            positions = [list(range(len(p))) for p in prompts]
+        if len(positions) != len(prompts):
+            raise ValueError(f"got {len(positions)} position lists for {len(prompts)} prompts")
+        params = SamplingParams(max_tokens=1)
+        seqs = []
+        for ids, pos in zip(prompts, positions):
+            _, _, (seq,) = self._make_request({"prompt_token_ids": ids}, params)
+            if not pos or any(not 0 <= p < len(ids) for p in pos):
+                raise ValueError(f"positions must be a non-empty list within [0, {len(ids)}), got {pos!r:.80}")
+            seq.hidden_positions = sorted(set(pos))
+            seqs.append((seq, pos))
+            self.scheduler.add(seq)
+        self._run_to_completion(len(seqs), use_tqdm=False)
+        return [torch.stack([s.hidden_states[p] for p in pos]) for s, pos in seqs]
+
+    # ------------------------------------------------------------ internals
+    def _run_to_completion(self, total: int, use_tqdm: bool) -> None:
+        bar = tqdm(total=total, desc="generate", disable=not use_tqdm)
         try:
             while self.scheduler.has_work():
                 bar.update(self.step())
@@ -133,9 +159,7 @@ class LLM:
             raise
         finally:
             bar.close()
-        return [self._request_output(*r) for r in requests]
 
-    # ------------------------------------------------------------ internals
     def _make_request(self, prompt: Any, params: SamplingParams) -> tuple[int, str | None, list[Sequence]]:
         if not isinstance(params, SamplingParams):
             raise ValueError(f"expected SamplingParams, got {type(params).__name__}")
@@ -175,10 +199,16 @@ class LLM:
         self._peak = max(self._peak, self.scheduler.kv_tokens_in_use)
         seqs, logits = self.runner.run(batch)
         spans = [(s.num_computed - 1, s.num_computed) for s in batch.decode] + [(a, b) for _, a, b in batch.prefill]
+        # (the head's FLOPs for encode-only rows are counted when the caller computes logits, not here)
         self._flops += forward_flops(self.config, spans, len(seqs))
         self._steps += 1
         tokens, logprobs = sample(logits, seqs)
         finished = 0
+        for seq, _, end in batch.prefill:
+            if seq.hidden_positions is not None and end == len(seq):
+                seq.finish_reason = "encoded"
+                self.scheduler.finish(seq)
+                finished += 1
         for i, (seq, tok) in enumerate(zip(seqs, tokens)):
             self._append(seq, tok, logprobs[i])
             if seq.finish_reason is not None:

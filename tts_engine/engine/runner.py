@@ -21,8 +21,9 @@ class ModelRunner:
             layer.self_attn.attn.k_cache = self.kv_cache[i, 0]
             layer.self_attn.attn.v_cache = self.kv_cache[i, 1]
 
-    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        ids, pos, slot_map, sample_rows = [], [], [], []
+    def prepare(self, batch: ScheduledBatch):
+        """Pack the batch: (input_ids, positions, metadata, rows to sample, (seq, position, row) to keep)."""
+        ids, pos, slot_map, sample_rows, hidden_rows = [], [], [], [], []
         for seq in batch.decode:
             n = seq.num_computed - 1
             ids.append(seq.token_ids[n])
@@ -36,7 +37,9 @@ class ModelRunner:
             slot_map += seq.slots[start:end]
             q_lens.append(end - start)
             prefill_slots.append(torch.tensor(seq.slots[:end], device=self.device))
-            if end == len(seq):
+            if seq.hidden_positions is not None:
+                hidden_rows += [(seq, p, len(ids) - end + p) for p in seq.hidden_positions if start <= p < end]
+            elif end == len(seq):
                 sample_rows.append(len(ids) - 1)
         dev = self.device
         if batch.decode:
@@ -55,13 +58,16 @@ class ModelRunner:
             prefill_q_lens=q_lens,
             prefill_slots=prefill_slots,
         )
-        return torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta, sample_rows
+        return torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta, sample_rows, hidden_rows
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
-        """Forward the batch; return the sequences that sample now and their logits [n, vocab] (float32)."""
-        input_ids, positions, meta, rows = self.prepare(batch)
+        """Forward the batch; return the sequences that sample now and their logits [n, vocab]
+        (float32). Encode-only sequences get their requested hidden states instead."""
+        input_ids, positions, meta, rows, hidden_rows = self.prepare(batch)
         hidden = self.model(input_ids, positions, meta)
+        for seq, p, row in hidden_rows:
+            seq.hidden_states[p] = hidden[row].clone()
         logits = self.model.compute_logits(hidden[rows])
-        seqs = [s for s in batch.decode] + [s for s, _, e in batch.prefill if e == len(s)]
+        seqs = list(batch.decode) + [s for s, _, e in batch.prefill if e == len(s) and s.hidden_positions is None]
         return seqs, logits

