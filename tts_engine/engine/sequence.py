@@ -33,6 +33,7 @@ class Sequence:
         self.num_computed = 0            # tokens whose K/V are written (or being written this step)
         self.num_tree = 0
         self.node: Node | None = None
+        self.forks: list[Sequence] = []   # siblings (the other samples of the request) waiting on this prefill
         self.admitted = False            # admitted at least once (prompt stats are counted then)
         self.num_preemptions = 0
         self.num_cached_prompt_tokens = 0

@@ -1,0 +1,114 @@
+"""Scheduler + cache behaviour end to end: outputs do not depend on caching, budget or batching,
+and shared prefixes are really stored and computed once."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from conftest import save_tiny_model
+from tts_engine import LLM, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def long_ctx_model(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tiny_long"))
+    save_tiny_model(folder, "llama", seed=7, max_position_embeddings=2048)
+    return folder
+
+
+def shared_prefix_prompts(n: int, prefix_len: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    prefix = [rng.randrange(4, 384) for _ in range(prefix_len)]
+    prompts = [prefix + [rng.randrange(4, 384) for _ in range(rng.randrange(1, 12))] for _ in range(n - 2)]
+    prompts.append(list(prompts[0]))                               # an exact duplicate
+    prompts.append([rng.randrange(4, 384) for _ in range(9)])      # unrelated
+    return prompts
+
+
+def greedy(llm: LLM, prompts, max_tokens=40, n=1):
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                        SamplingParams(n=n, temperature=0, max_tokens=max_tokens, ignore_eos=True))
+    return [[o.token_ids for o in out.outputs] for out in outs]
+
+
+def test_outputs_independent_of_cache_budget_and_batching(tiny_llama):
+    prompts = shared_prefix_prompts(6, 30, seed=random.randrange(1 << 30))
+    base = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=8192)
+    expected = greedy(base, prompts, n=2)
+    # Alone, one prompt at a time, fresh cache each time.
+    alone = [greedy(LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=8192, enable_prefix_caching=False),
+                    [p], n=2)[0] for p in prompts[:3]]
+    assert alone == expected[:3]
+    # Prefix cache off.
+    off = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=8192, enable_prefix_caching=False)
+    assert greedy(off, prompts, n=2) == expected
+    assert off.stats()["cached_prompt_tokens"] == 0
+    # A pool that holds barely more than one sequence: eviction, preemption and recompute.
+    tiny = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=100)
+    assert greedy(tiny, prompts, n=2) == expected
+    assert tiny.stats()["preemptions"] > 0 and tiny.stats()["recomputed_tokens"] > 0
+    assert tiny.stats()["kv_tokens_peak"] <= 100
+    # Chunked prefill: at most 16 tokens a step.
+    chunked = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=8192, max_num_batched_tokens=16)
+    assert greedy(chunked, prompts, n=2) == expected
+    # Running the same batch again reuses everything but the last prompt token of each request
+    # (its n samples fork after that token's logits).
+    st = base.stats()
+    base.reset_stats()
+    assert greedy(base, prompts, n=2) == expected
+    again = base.stats()
+    assert again["computed_prompt_tokens"] == len(prompts)
+    assert again["cached_prompt_tokens"] == st["prompt_tokens"] - len(prompts)
+
+
+def test_samples_of_one_prompt_share_its_kv(long_ctx_model):
+    llm = LLM(long_ctx_model, dtype="float32", device="cpu", kv_cache_tokens=8192)
+    prompt = [random.randrange(4, 384) for _ in range(500)]
+    outs = llm.generate({"prompt_token_ids": prompt},
+                        SamplingParams(n=16, temperature=1.0, max_tokens=20, ignore_eos=True, seed=1))
+    st = llm.stats()
+    generated = sum(len(o.token_ids) for o in outs[0].outputs)
+    assert generated == 16 * 20 == st["generated_tokens"]
+    assert st["prompt_tokens"] == 16 * 500
+    # The prompt is computed once; the other 15 samples fork off its last position's logits.
+    assert st["computed_prompt_tokens"] == 500
+    assert st["cached_prompt_tokens"] == 15 * 500
+    assert outs[0].num_cached_tokens == st["cached_prompt_tokens"]
+    # KV held: the prompt once plus each sample's own tokens, not 16 copies of the prompt.
+    assert st["kv_tokens_peak"] <= 500 + 16 * 20
+    assert len({tuple(o.token_ids) for o in outs[0].outputs}) > 1
+
+
+def test_resubmitting_a_prefix_plus_a_step_computes_only_the_tail(long_ctx_model):
+    llm = LLM(long_ctx_model, dtype="float32", device="cpu", kv_cache_tokens=8192)
+    prompt = [random.randrange(4, 384) for _ in range(300)]
+    first = llm.generate({"prompt_token_ids": prompt}, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))
+    step = first[0].outputs[0].token_ids
+    extra = [random.randrange(4, 384) for _ in range(5)]
+    llm.reset_stats()
+    llm.generate({"prompt_token_ids": prompt + step + extra}, SamplingParams(temperature=0, max_tokens=4))
+    st = llm.stats()
+    # Everything generated before is cached except the last sampled token, which never had K/V.
+    assert st["computed_prompt_tokens"] == 1 + len(extra)
+    assert st["cached_prompt_tokens"] == len(prompt) + len(step) - 1
+
+
+def test_prompts_with_a_common_prefix_in_one_batch_compute_it_once(long_ctx_model):
+    llm = LLM(long_ctx_model, dtype="float32", device="cpu", kv_cache_tokens=8192)
+    prefix = [random.randrange(4, 384) for _ in range(300)]
+    tails = [[random.randrange(4, 384) for _ in range(7)] for _ in range(4)]
+    llm.generate([{"prompt_token_ids": prefix + t} for t in tails], SamplingParams(temperature=0, max_tokens=2))
+    st = llm.stats()
+    assert st["computed_prompt_tokens"] == 300 + 4 * 7
+    assert st["steps"] == 2   # all four were prefilled together in the first step
+
+
+def test_encode_reuses_the_cached_prefix(tiny_llama):
+    llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=4096)
+    ids = [random.randrange(4, 384) for _ in range(60)]
+    full = llm.model.compute_logits(llm.encode([ids])[0])
+    llm.reset_stats()
+    tail = llm.model.compute_logits(llm.encode([ids], positions=[[50, 59]])[0])
+    assert llm.stats()["computed_prompt_tokens"] == 10
+    assert (tail - full[[50, 59]]).abs().max().item() < 1e-4

@@ -1,0 +1,106 @@
+"""Bad input gets a clear error naming the problem."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import safetensors.torch
+
+from tts_engine import LLM, SamplingParams
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"n": 0}, "n must be"),
+    ({"temperature": -0.1}, "temperature must be"),
+    ({"top_p": 0.0}, "top_p must be"),
+    ({"top_p": 1.5}, "top_p must be"),
+    ({"top_k": -2}, "top_k must be"),
+    ({"max_tokens": 0}, "max_tokens must be"),
+    ({"stop": [""]}, "stop strings"),
+    ({"logprobs": -1}, "logprobs must be"),
+])
+def test_invalid_sampling_params(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingParams(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_llama):
+    return LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=600)
+
+
+def test_prompt_longer_than_context(llm):
+    with pytest.raises(ValueError, match="prompt has 512 tokens but the model's context is 512"):
+        llm.generate({"prompt_token_ids": [5] * 512})
+
+
+def test_token_outside_vocabulary(llm):
+    with pytest.raises(ValueError, match="prompt token id 384 is outside the vocabulary"):
+        llm.generate({"prompt_token_ids": [5, 384]})
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        llm.generate({"prompt_token_ids": [-1]})
+
+
+def test_empty_prompt_and_bad_prompt_type(llm):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        llm.generate({"prompt_token_ids": []})
+    with pytest.raises(ValueError, match="a prompt must be"):
+        llm.generate([42])
+
+
+def test_sequence_larger_than_kv_budget(tiny_llama):
+    llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=200)
+    with pytest.raises(ValueError, match="needs up to 250 KV slots .* kv_cache_tokens=200"):
+        llm.generate({"prompt_token_ids": [5] * 150}, SamplingParams(max_tokens=100))
+    # The engine is still usable afterwards.
+    assert llm.generate({"prompt_token_ids": [5, 6]}, SamplingParams(max_tokens=3))[0].outputs[0].token_ids
+
+
+def test_missing_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        LLM(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        LLM(str(tmp_path))
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_unsupported_config(tiny_llama, tmp_path):
+    folder = _copy(tiny_llama, tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(ValueError, match="unsupported architecture"):
+        LLM(str(folder))
+    cfg.pop("rope_parameters", None)
+    (folder / "config.json").write_text(json.dumps({**cfg, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}))
+    with pytest.raises(ValueError, match="unsupported rope_type 'yarn'"):
+        LLM(str(folder))
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        LLM(str(folder), dtype="int8")
+
+
+def test_missing_files_and_bad_tensors(tiny_llama, tmp_path):
+    folder = _copy(tiny_llama, tmp_path / "m")
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        LLM(str(folder))
+    folder = _copy(tiny_llama, tmp_path / "m2")
+    weights = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    w = dict(weights)
+    del w["model.layers.1.mlp.up_proj.weight"]
+    safetensors.torch.save_file(w, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match="checkpoint lacks"):
+        LLM(str(folder))
+    w = dict(weights)
+    w["model.layers.0.self_attn.k_proj.weight"] = w["model.layers.0.self_attn.k_proj.weight"][:8]
+    safetensors.torch.save_file(w, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match="shape mismatch for 'model.layers.0.self_attn.k_proj.weight'"):
+        LLM(str(folder))
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        LLM(str(folder))

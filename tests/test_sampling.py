@@ -1,0 +1,86 @@
+"""Sampling: the draws follow the temperature / top-k / top-p distribution, seeds reproduce
+tokens whatever else is in the batch, and logprobs are the model's."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from tts_engine import LLM, SamplingParams
+from tts_engine.engine.sampler import sample
+from tts_engine.engine.sequence import Sequence
+
+
+def expected_probs(logits: list[float], temperature: float, top_k: int, top_p: float) -> list[float]:
+    """Hand-written reference: softmax(l / T), keep the top k, then the smallest nucleus reaching top_p."""
+    z = [l / temperature for l in logits]
+    m = max(z)
+    p = [math.exp(x - m) for x in z]
+    order = sorted(range(len(p)), key=lambda i: -p[i])
+    if top_k > 0:
+        order = order[:top_k]
+    total = sum(p[i] for i in order)
+    kept, mass = [], 0.0
+    for i in order:
+        if mass >= top_p:
+            break
+        kept.append(i)
+        mass += p[i] / total
+    norm = sum(p[i] for i in kept)
+    return [p[i] / norm if i in kept else 0.0 for i in range(len(p))]
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 3, 1.0),
+                                                      (1.0, 0, 0.8), (0.8, 4, 0.6)])
+def test_sampling_distribution(temperature, top_k, top_p):
+    vocab = 8
+    logits = torch.randn(vocab) * 1.5
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    draws = 4000
+    seqs = [Sequence(i, 0, i, [0], params, seed=random.randrange(1 << 40)) for i in range(draws)]
+    tokens, _ = sample(logits.expand(draws, vocab).clone(), seqs)
+    freq = torch.bincount(torch.tensor(tokens), minlength=vocab).double() / draws
+    ref = torch.tensor(expected_probs(logits.tolist(), temperature, top_k, top_p), dtype=torch.float64)
+    assert (freq[ref == 0] == 0).all(), "a token outside top-k / top-p was drawn"
+    # 5 standard errors per token
+    tol = 5 * torch.sqrt(ref * (1 - ref) / draws) + 1e-9
+    assert ((freq - ref).abs() <= tol).all(), (freq, ref)
+
+
+def test_greedy_is_argmax():
+    logits = torch.randn(3, 50)
+    seqs = [Sequence(i, 0, i, [0], SamplingParams(temperature=0), seed=i) for i in range(3)]
+    tokens, logprobs = sample(logits, seqs)
+    assert tokens == logits.argmax(-1).tolist()
+    assert torch.allclose(logprobs, torch.log_softmax(logits, -1))
+
+
+def test_seed_reproducible_regardless_of_batch(tiny_llama):
+    llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=4096)
+    p = {"prompt_token_ids": [5, 17, 99, 200, 31]}
+    sp = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_tokens=30, seed=1234, ignore_eos=True)
+    alone = [o.token_ids for o in llm.generate(p, sp)[0].outputs]
+    others = [{"prompt_token_ids": [random.randrange(4, 384) for _ in range(random.randrange(3, 40))]}
+              for _ in range(5)]
+    batch = llm.generate(others[:2] + [p] + others[2:],
+                         [SamplingParams(n=2, temperature=1.0, max_tokens=25)] * 2 + [sp] + [SamplingParams()] * 3)
+    assert [o.token_ids for o in batch[2].outputs] == alone
+    different = llm.generate(p, SamplingParams(n=3, temperature=1.0, top_p=0.9, max_tokens=30, seed=99, ignore_eos=True))
+    assert [o.token_ids for o in different[0].outputs] != alone
+    assert len({tuple(t) for t in alone}) == 3     # the n samples differ from each other
+
+
+def test_logprobs(tiny_llama):
+    llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=4096)
+    ids = [5, 17, 99, 200, 31]
+    out = llm.generate({"prompt_token_ids": ids},
+                       SamplingParams(temperature=0.9, max_tokens=6, logprobs=3, seed=0, ignore_eos=True))[0].outputs[0]
+    assert len(out.logprobs) == 6
+    chosen = [lp[t] for lp, t in zip(out.logprobs, out.token_ids)]
+    assert out.cumulative_logprob == pytest.approx(sum(chosen), abs=1e-5)
+    assert all(3 <= len(lp) <= 4 for lp in out.logprobs)
+    # The first token's logprob is the model's raw log-softmax at the end of the prompt.
+    logits = llm.model.compute_logits(llm.encode([ids], positions=[[len(ids) - 1]])[0])[0]
+    assert chosen[0] == pytest.approx(torch.log_softmax(logits, -1)[out.token_ids[0]].item(), abs=1e-4)
