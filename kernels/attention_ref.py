@@ -2,11 +2,21 @@
 
 Layout: k_cache / v_cache are [num_slots, num_kv_heads, head_dim]; a sequence's KV lives at the
 slots listed in its row of `block_table` ([batch, max_kv_len], padded). Query heads are grouped
-over KV heads (GQA): query head h reads KV head h // (num_heads // num_kv_heads).
+over KV heads (GQA): query head h reads KV head h // (num_heads // num_kv_heads). LSE is the
+natural-log log-sum-exp of the scaled scores.
+
+These functions are the CPU backend and the oracles the Triton kernels are tested against.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+
+def gather(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """cache rows at slots (any shape) -> [*slots.shape, kv_heads, dim]; index_select is several
+    times faster than advanced indexing on the CPU."""
+    return cache.index_select(0, slots.reshape(-1)).view(*slots.shape, *cache.shape[1:])
 
 
 def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -16,26 +26,88 @@ def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: t
     v_cache[slot_mapping] = v
 
 
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scale: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense attention that also returns the LSE. q: [b, h, m, d]; k, v: [b, h, n, d]; valid: bool,
+    broadcastable to [b, h, m, n]. Returns out [b, h, m, d] and lse [b, h, m] (float32)."""
+    if q.device.type == "cpu" and q.dtype == k.dtype:
+        # ATen's fused CPU flash kernel returns the LSE and reads strided K/V without copies.
+        bias = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias, scale=scale)
+        return out, lse.float()
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~valid, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.matmul(torch.exp(scores - lse[..., None]), v.float()).to(q.dtype), lse
+
+
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_table: torch.Tensor, kv_lens: torch.Tensor, scale: float,
-                     sliding_window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One query token per sequence. q: [batch, heads, dim]. Returns (out [batch, heads, dim],
-    lse [batch, heads]) with the natural-log log-sum-exp of the scaled scores."""
+                     sliding_window: int | None = None, return_lse: bool = False):
+    """One query token per sequence, attending to the first kv_lens[b] slots of its row.
+    q: [batch, heads, dim] -> out [batch, heads, dim] (and lse [batch, heads] if asked)."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
-    k = k_cache[block_table]                      # [b, s, hkv, d]
-    v = v_cache[block_table]
-    qg = q.view(b, hkv, h // hkv, d).float()
-    scores = torch.einsum("bhgd,bshd->bhgs", qg, k.float()) * scale
+    k = gather(k_cache, block_table).transpose(1, 2)      # [b, hkv, s, d]
+    v = gather(v_cache, block_table).transpose(1, 2)
     pos = torch.arange(block_table.shape[1], device=q.device)
     valid = pos[None, :] < kv_lens[:, None]
     if sliding_window is not None:
         valid &= pos[None, :] > (kv_lens[:, None] - 1 - sliding_window)
-    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    p = torch.exp(scores - lse[..., None])
-    out = torch.einsum("bhgs,bshd->bhgd", p, v.float())
-    return out.reshape(b, h, d).to(q.dtype), lse.reshape(b, h)
+    # the g query heads of a KV head act as g query rows against that head's keys (GQA)
+    out, lse = attention_with_lse(q.view(b, hkv, h // hkv, d), k, v, valid[:, None, None, :], scale)
+    out = out.reshape(b, h, d)
+    return (out, lse.reshape(b, h)) if return_lse else out
+
+
+def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            prefix_table: torch.Tensor, prefix_lens: torch.Tensor, group_rows: torch.Tensor,
+                            scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode queries grouped under shared tree nodes attend to their node's prefix, whose K/V are
+    read once for the whole group. Group j owns the first prefix_lens[j] slots of prefix_table[j]
+    and the query rows group_rows[j] (padded with -1). q: [batch, heads, dim].
+    Returns (out [batch, heads, dim], lse [batch, heads]); rows in no group get lse = -inf."""
+    b, h, d = q.shape
+    hkv = k_cache.shape[1]
+    g = h // hkv
+    ng, n = group_rows.shape
+    pad = group_rows < 0
+    # all n*g query rows of a group's KV head face the same keys: one attention per (group, KV head)
+    qg = q[group_rows.masked_fill(pad, 0)].view(ng, n, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(ng, hkv, n * g, d)
+    k = gather(k_cache, prefix_table).transpose(1, 2)      # [ng, hkv, p, d]
+    v = gather(v_cache, prefix_table).transpose(1, 2)
+    valid = torch.arange(prefix_table.shape[1], device=q.device)[None, :] < prefix_lens[:, None]
+    out, lse = attention_with_lse(qg, k, v, valid[:, None, None, :], scale)
+    out = out.view(ng, hkv, n, g, d).permute(0, 2, 1, 3, 4).reshape(ng * n, h, d)
+    lse = lse.view(ng, hkv, n, g).permute(0, 2, 1, 3).reshape(ng * n, h)
+    keep = ~pad.reshape(-1)
+    dest = group_rows.reshape(-1)[keep]
+    full_out = torch.zeros(b, h, d, dtype=q.dtype, device=q.device)
+    full_lse = torch.full((b, h), float("-inf"), device=q.device)
+    full_out[dest] = out[keep]
+    full_lse[dest] = lse[keep]
+    return full_out, full_lse
+
+
+def merge_attention(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine attention over two disjoint key sets from their (out, lse) pairs: the result equals
+    attention over the union. out: [..., heads, dim], lse: [..., heads]; lse = -inf marks an empty set."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    wa = torch.exp(lse_a - lse)[..., None]
+    wb = torch.exp(lse_b - lse)[..., None]
+    return (out_a.float() * wa + out_b.float() * wb).to(out_a.dtype), lse
+
+
+def cascade_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                             suffix_table: torch.Tensor, suffix_lens: torch.Tensor, prefix_table: torch.Tensor,
+                             prefix_lens: torch.Tensor, group_rows: torch.Tensor, scale: float) -> torch.Tensor:
+    """Decode attention where sequences share prefixes: each group's prefix is attended once for
+    the group (shared_prefix_attention), each sequence's own suffix (suffix_lens[b] >= 1 slots of
+    its suffix_table row) separately, and the two are merged by LSE."""
+    out_s, lse_s = decode_attention(q, k_cache, v_cache, suffix_table, suffix_lens, scale, return_lse=True)
+    out_p, lse_p = shared_prefix_attention(q, k_cache, v_cache, prefix_table, prefix_lens, group_rows, scale)
+    return merge_attention(out_p, lse_p, out_s, lse_s)[0]
 
 
 def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -44,13 +116,12 @@ def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     q: [new, heads, dim]; slots: [kv_len] (prefix then the new tokens, already stored)."""
     n, h, d = q.shape
     kv_len = slots.shape[0]
-    k = k_cache[slots].transpose(0, 1)            # [hkv, kv_len, d]
-    v = v_cache[slots].transpose(0, 1)
+    k = gather(k_cache, slots).transpose(0, 1)    # [hkv, kv_len, d]
+    v = gather(v_cache, slots).transpose(0, 1)
     q_pos = torch.arange(kv_len - n, kv_len, device=q.device)
     k_pos = torch.arange(kv_len, device=q.device)
     mask = k_pos[None, :] <= q_pos[:, None]
     if sliding_window is not None:
         mask &= k_pos[None, :] > (q_pos[:, None] - sliding_window)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1), k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=mask, scale=scale, enable_gqa=True)
     return out.transpose(0, 1)

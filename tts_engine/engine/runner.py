@@ -11,9 +11,11 @@ from tts_engine.models.llama import CausalLM
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, num_slots: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, model: CausalLM, num_slots: int, dtype: torch.dtype, device: torch.device,
+                 cascade_min_prefix: int | None = 64):
         cfg = model.cfg
         self.model, self.device = model, device
+        self.cascade_min_prefix = cascade_min_prefix   # None turns cascade decode off
         # One tensor for the whole pool: [layers, K/V, slots, kv_heads, head_dim].
         self.kv_cache = torch.zeros(cfg.num_layers, 2, num_slots, cfg.num_kv_heads, cfg.head_dim,
                                     dtype=dtype, device=device)
@@ -42,11 +44,14 @@ class ModelRunner:
             elif end == len(seq):
                 sample_rows.append(len(ids) - 1)
         dev = self.device
+        cascade, starts = self.cascade_groups(batch.decode)
+        rows_t, prefix_table, prefix_lens = cascade or (None, None, None)
         if batch.decode:
-            max_kv = max(s.num_computed for s in batch.decode)
-            table = [s.slots[:s.num_computed] + [0] * (max_kv - s.num_computed) for s in batch.decode]
+            lens = [s.num_computed - st for s, st in zip(batch.decode, starts)]
+            max_kv = max(lens)
+            table = [s.slots[st:s.num_computed] + [0] * (max_kv - n) for s, st, n in zip(batch.decode, starts, lens)]
             block_table = torch.tensor(table, device=dev)
-            kv_lens = torch.tensor([s.num_computed for s in batch.decode], device=dev)
+            kv_lens = torch.tensor(lens, device=dev)
         else:
             block_table = torch.zeros(0, 1, dtype=torch.long, device=dev)
             kv_lens = torch.zeros(0, dtype=torch.long, device=dev)
@@ -55,10 +60,40 @@ class ModelRunner:
             num_decode=len(batch.decode),
             decode_block_table=block_table,
             decode_kv_lens=kv_lens,
+            cascade_rows=rows_t,
+            prefix_table=prefix_table,
+            prefix_lens=prefix_lens,
             prefill_q_lens=q_lens,
             prefill_slots=prefill_slots,
         )
         return torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta, sample_rows, hidden_rows
+
+    def cascade_groups(self, decode: list[Sequence]) -> tuple[tuple | None, list[int]]:
+        """Group decoding sequences that hold the same tree node (the n samples of a request, the
+        children of a beam) so each group's shared prefix is read once per step. Returns
+        (rows [groups, max_size] padded with -1, prefix table, prefix lengths) or None, and per
+        sequence where its own part of the KV starts. Only groups of at least two sequences
+        sharing at least `cascade_min_prefix` tokens are formed."""
+        starts = [0] * len(decode)
+        if self.cascade_min_prefix is None or self.model.cfg.sliding_window is not None:
+            return None, starts
+        by_node: dict[int, list[int]] = {}
+        for i, s in enumerate(decode):
+            if s.num_tree >= self.cascade_min_prefix:
+                by_node.setdefault(id(s.node), []).append(i)
+        groups = [rows for rows in by_node.values() if len(rows) >= 2]
+        if not groups:
+            return None, starts
+        width = max(len(r) for r in groups)
+        plen = [decode[r[0]].num_tree for r in groups]
+        pmax = max(plen)
+        dev = self.device
+        rows = torch.tensor([r + [-1] * (width - len(r)) for r in groups], device=dev)
+        table = torch.tensor([decode[r[0]].slots[:n] + [0] * (pmax - n) for r, n in zip(groups, plen)], device=dev)
+        for r, n in zip(groups, plen):
+            for i in r:
+                starts[i] = n
+        return (rows, table, torch.tensor(plen, device=dev)), starts
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:

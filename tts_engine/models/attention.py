@@ -19,6 +19,12 @@ class AttentionMetadata:
     num_decode: int                   # the first num_decode tokens are decode tokens, one per sequence
     decode_block_table: torch.Tensor  # [num_decode, max_kv] slots of each decoding sequence (padded)
     decode_kv_lens: torch.Tensor      # [num_decode] KV length including the new token
+    # Cascade decode (when cascade_rows is not None): group j shares the first prefix_lens[j]
+    # slots of prefix_table[j] among decode rows cascade_rows[j] (padded with -1); the block table
+    # and lengths above then cover only what follows each row's shared prefix.
+    cascade_rows: torch.Tensor | None
+    prefix_table: torch.Tensor | None
+    prefix_lens: torch.Tensor | None
     prefill_q_lens: list[int]         # new tokens of each prefilling sequence, in order
     prefill_slots: list[torch.Tensor]  # all slots (cached prefix + new) of each prefilling sequence
 
@@ -44,10 +50,13 @@ class Attention(torch.nn.Module):
         attention_ref.store_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
         outs = []
         nd = meta.num_decode
-        if nd:
-            out, _ = attention_ref.decode_attention(q[:nd], self.k_cache, self.v_cache, meta.decode_block_table,
-                                                    meta.decode_kv_lens, self.scale, self.sliding_window)
-            outs.append(out)
+        if nd and meta.cascade_rows is not None:
+            outs.append(attention_ref.cascade_decode_attention(
+                q[:nd], self.k_cache, self.v_cache, meta.decode_block_table, meta.decode_kv_lens,
+                meta.prefix_table, meta.prefix_lens, meta.cascade_rows, self.scale))
+        elif nd:
+            outs.append(attention_ref.decode_attention(q[:nd], self.k_cache, self.v_cache, meta.decode_block_table,
+                                                       meta.decode_kv_lens, self.scale, self.sliding_window))
         start = nd
         for n, slots in zip(meta.prefill_q_lens, meta.prefill_slots):
             outs.append(attention_ref.extend_attention(q[start:start + n], self.k_cache, self.v_cache, slots,
