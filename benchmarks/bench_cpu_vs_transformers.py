@@ -56,6 +56,7 @@ def build_prompt(tok, question: str, target_tokens: int) -> list[int]:
 def bench_engine_best_of_n(llm, prompt, n, max_tokens):
     sp = SamplingParams(n=n, temperature=0.8, top_p=0.95, max_tokens=max_tokens, ignore_eos=True, seed=0)
     llm.generate({"prompt_token_ids": prompt[:20]}, SamplingParams(max_tokens=4))  # warm-up
+    llm.reset_prefix_cache()
     llm.reset_stats()
     t = time.perf_counter()
     out = llm.generate({"prompt_token_ids": prompt}, sp)
@@ -75,6 +76,7 @@ def bench_hf_best_of_n(model, prompt, n, max_tokens):
 
 
 def bench_engine_beam(llm, prompt, rounds, width, per, step_tokens):
+    llm.reset_prefix_cache()
     llm.reset_stats()
     beams = [(list(prompt), 0.0)]
     generated = 0

@@ -84,3 +84,20 @@ def test_logprobs(tiny_llama):
     # The first token's logprob is the model's raw log-softmax at the end of the prompt.
     logits = llm.model.compute_logits(llm.encode([ids], positions=[[len(ids) - 1]])[0])[0]
     assert chosen[0] == pytest.approx(torch.log_softmax(logits, -1)[out.token_ids[0]].item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_truncation_keeps_exactly_the_nucleus_on_a_large_vocabulary(flat):
+    """With 5,000 tokens the top-p set is found among the top-256 candidates when the distribution
+    is peaked, and by a full sort when the nucleus is wider: both must keep exactly the right set."""
+    from tts_engine.engine.sampler import truncated_candidates
+    vocab = 5000
+    logits = torch.randn(4, vocab) * (0.3 if flat else 4.0)
+    top_k = torch.tensor([0, 0, 40, 600])
+    top_p = torch.tensor([0.9, 0.5, 0.95, 0.99])
+    probs = logits.softmax(-1)
+    cand_p, cand_ids = truncated_candidates(probs, top_k, top_p)
+    for r in range(4):
+        kept = set(cand_ids[r][cand_p[r] > 0].tolist())
+        ref = expected_probs(logits[r].tolist(), 1.0, int(top_k[r]), float(top_p[r]))
+        assert kept == {i for i, p in enumerate(ref) if p > 0}

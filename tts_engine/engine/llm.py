@@ -82,6 +82,12 @@ class LLM:
     def get_tokenizer(self) -> Tokenizer:
         return self.tokenizer
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (between generate calls; as vLLM's reset_prefix_cache)."""
+        if self.scheduler.has_work():
+            raise RuntimeError("reset_prefix_cache() while sequences are running")
+        self.scheduler.cache.clear()
+
     def reset_stats(self) -> None:
         self.scheduler.stats.__init__()
         self._generated = 0

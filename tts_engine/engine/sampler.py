@@ -32,7 +32,10 @@ def truncated_candidates(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.
     drop = (top_k[:, None] > 0) & (ranks >= top_k[:, None])
     cand_p = cand_p.masked_fill(drop, 0.0)
     # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass before it already does.
-    mass_before = (cand_p.cumsum(-1) - cand_p) / cand_p.sum(-1, keepdim=True)
+    # top-p applies to the distribution after top-k: renormalise over the top-k set, or over the
+    # whole vocabulary (not just the candidates) when there is no top-k
+    total = torch.where(top_k > 0, cand_p.sum(-1), probs.sum(-1))
+    mass_before = (cand_p.cumsum(-1) - cand_p) / total[:, None]
     drop = mass_before >= top_p[:, None]
     drop[:, 0] = False
     return cand_p.masked_fill(drop, 0.0), cand_ids
