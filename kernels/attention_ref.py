@@ -34,11 +34,17 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid:
         # ATen's fused CPU flash kernel returns the LSE and reads strided K/V without copies.
         bias = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias, scale=scale)
-        return out, lse.float()
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+        return out, lse.to(_acc_dtype(q))
+    acc = _acc_dtype(q)
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
     scores = scores.masked_fill(~valid, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
-    return torch.matmul(torch.exp(scores - lse[..., None]), v.float()).to(q.dtype), lse
+    return torch.matmul(torch.exp(scores - lse[..., None]), v.to(acc)).to(q.dtype), lse
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    # float32 accumulation, or float64 when the reference itself runs in float64
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -83,7 +89,7 @@ def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     keep = ~pad.reshape(-1)
     dest = group_rows.reshape(-1)[keep]
     full_out = torch.zeros(b, h, d, dtype=q.dtype, device=q.device)
-    full_lse = torch.full((b, h), float("-inf"), device=q.device)
+    full_lse = torch.full((b, h), float("-inf"), dtype=lse.dtype, device=q.device)
     full_out[dest] = out[keep]
     full_lse[dest] = lse[keep]
     return full_out, full_lse
@@ -96,7 +102,8 @@ def merge_attention(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tenso
     lse = torch.logaddexp(lse_a, lse_b)
     wa = torch.exp(lse_a - lse)[..., None]
     wb = torch.exp(lse_b - lse)[..., None]
-    return (out_a.float() * wa + out_b.float() * wb).to(out_a.dtype), lse
+    acc = _acc_dtype(out_a)
+    return (out_a.to(acc) * wa + out_b.to(acc) * wb).to(out_a.dtype), lse
 
 
 def cascade_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -110,18 +117,22 @@ def cascade_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     return merge_attention(out_p, lse_p, out_s, lse_s)[0]
 
 
-def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     slots: torch.Tensor, scale: float, sliding_window: int | None = None) -> torch.Tensor:
-    """New tokens of one sequence attend to its cached prefix and causally to themselves.
-    q: [new, heads, dim]; slots: [kv_len] (prefix then the new tokens, already stored)."""
-    n, h, d = q.shape
-    kv_len = slots.shape[0]
-    k = gather(k_cache, slots).transpose(0, 1)    # [hkv, kv_len, d]
-    v = gather(v_cache, slots).transpose(0, 1)
-    q_pos = torch.arange(kv_len - n, kv_len, device=q.device)
-    k_pos = torch.arange(kv_len, device=q.device)
-    mask = k_pos[None, :] <= q_pos[:, None]
-    if sliding_window is not None:
-        mask &= k_pos[None, :] > (q_pos[:, None] - sliding_window)
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=mask, scale=scale, enable_gqa=True)
-    return out.transpose(0, 1)
+def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                     q_start: torch.Tensor, q_lens: torch.Tensor, kv_lens: torch.Tensor, scale: float,
+                     sliding_window: int | None = None) -> torch.Tensor:
+    """New tokens of several sequences, packed in q ([tokens, heads, dim]; sequence b's are rows
+    q_start[b] .. q_start[b] + q_lens[b]), attend to the first kv_lens[b] slots of their
+    block-table row: the cached prefix, then the new tokens themselves (already stored), causally."""
+    out = torch.empty_like(q)
+    for b, (s, n, kv_len) in enumerate(zip(q_start.tolist(), q_lens.tolist(), kv_lens.tolist())):
+        k = gather(k_cache, block_table[b, :kv_len]).transpose(0, 1)      # [hkv, kv_len, d]
+        v = gather(v_cache, block_table[b, :kv_len]).transpose(0, 1)
+        q_pos = torch.arange(kv_len - n, kv_len, device=q.device)
+        k_pos = torch.arange(kv_len, device=q.device)
+        mask = k_pos[None, :] <= q_pos[:, None]
+        if sliding_window is not None:
+            mask &= k_pos[None, :] > (q_pos[:, None] - sliding_window)
+        o = F.scaled_dot_product_attention(q[s:s + n].transpose(0, 1), k, v, attn_mask=mask, scale=scale,
+                                           enable_gqa=True)
+        out[s:s + n] = o.transpose(0, 1)
+    return out

@@ -6,8 +6,13 @@ import importlib.util
 import json
 import os
 
-import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run on the CPU through the interpreter; must be set before they are defined.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if not loop.last or "
                  "m['role'] != 'assistant' %}</s>{% endif %}{% endfor %}"

@@ -32,13 +32,14 @@ class ModelRunner:
             pos.append(n)
             slot_map.append(seq.slots[n])
             sample_rows.append(len(ids) - 1)
-        q_lens, prefill_slots = [], []
+        q_lens, q_start, kv_lens_p = [], [], []
         for seq, start, end in batch.prefill:
+            q_start.append(len(ids) - len(batch.decode))
             ids += seq.token_ids[start:end]
             pos += range(start, end)
             slot_map += seq.slots[start:end]
             q_lens.append(end - start)
-            prefill_slots.append(torch.tensor(seq.slots[:end], device=self.device))
+            kv_lens_p.append(end)
             if seq.hidden_positions is not None:
                 hidden_rows += [(seq, p, len(ids) - end + p) for p in seq.hidden_positions if start <= p < end]
             elif end == len(seq):
@@ -46,15 +47,9 @@ class ModelRunner:
         dev = self.device
         cascade, starts = self.cascade_groups(batch.decode)
         rows_t, prefix_table, prefix_lens = cascade or (None, None, None)
-        if batch.decode:
-            lens = [s.num_computed - st for s, st in zip(batch.decode, starts)]
-            max_kv = max(lens)
-            table = [s.slots[st:s.num_computed] + [0] * (max_kv - n) for s, st, n in zip(batch.decode, starts, lens)]
-            block_table = torch.tensor(table, device=dev)
-            kv_lens = torch.tensor(lens, device=dev)
-        else:
-            block_table = torch.zeros(0, 1, dtype=torch.long, device=dev)
-            kv_lens = torch.zeros(0, dtype=torch.long, device=dev)
+        block_table = _padded([s.slots[st:s.num_computed] for s, st in zip(batch.decode, starts)], dev)
+        kv_lens = torch.tensor([s.num_computed - st for s, st in zip(batch.decode, starts)], dtype=torch.long,
+                               device=dev)
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slot_map, device=dev),
             num_decode=len(batch.decode),
@@ -63,8 +58,11 @@ class ModelRunner:
             cascade_rows=rows_t,
             prefix_table=prefix_table,
             prefix_lens=prefix_lens,
-            prefill_q_lens=q_lens,
-            prefill_slots=prefill_slots,
+            prefill_block_table=_padded([seq.slots[:end] for seq, _, end in batch.prefill], dev),
+            prefill_q_start=torch.tensor(q_start, dtype=torch.long, device=dev),
+            prefill_q_lens=torch.tensor(q_lens, dtype=torch.long, device=dev),
+            prefill_kv_lens=torch.tensor(kv_lens_p, dtype=torch.long, device=dev),
+            prefill_max_q_len=max(q_lens, default=0),
         )
         return torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta, sample_rows, hidden_rows
 
@@ -86,10 +84,9 @@ class ModelRunner:
             return None, starts
         width = max(len(r) for r in groups)
         plen = [decode[r[0]].num_tree for r in groups]
-        pmax = max(plen)
         dev = self.device
         rows = torch.tensor([r + [-1] * (width - len(r)) for r in groups], device=dev)
-        table = torch.tensor([decode[r[0]].slots[:n] + [0] * (pmax - n) for r, n in zip(groups, plen)], device=dev)
+        table = _padded([decode[r[0]].slots[:n] for r, n in zip(groups, plen)], dev)
         for r, n in zip(groups, plen):
             for i in r:
                 starts[i] = n
@@ -106,3 +103,9 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[rows])
         seqs = list(batch.decode) + [s for s, _, e in batch.prefill if e == len(s) and s.hidden_positions is None]
         return seqs, logits
+
+
+def _padded(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    """Slot lists as one [len(rows), longest] tensor, padded with slot 0 (masked by lengths)."""
+    width = max((len(r) for r in rows), default=1)
+    return torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device).view(len(rows), width)

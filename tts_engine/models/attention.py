@@ -12,6 +12,18 @@ import torch
 
 from tts_engine.kernels import attention_ref
 
+# Attention backends: modules with the same functions and signatures.
+BACKENDS = {"torch": attention_ref}
+
+
+def get_backend(name: str):
+    if name == "triton" and name not in BACKENDS:
+        from tts_engine.kernels import attention_triton   # imports triton; only when asked for
+        BACKENDS["triton"] = attention_triton
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; use 'torch' or 'triton'")
+    return BACKENDS[name]
+
 
 @dataclass
 class AttentionMetadata:
@@ -25,8 +37,12 @@ class AttentionMetadata:
     cascade_rows: torch.Tensor | None
     prefix_table: torch.Tensor | None
     prefix_lens: torch.Tensor | None
-    prefill_q_lens: list[int]         # new tokens of each prefilling sequence, in order
-    prefill_slots: list[torch.Tensor]  # all slots (cached prefix + new) of each prefilling sequence
+    # Prefill (extend): sequence j's new tokens are rows num_decode + prefill_q_start[j] ...
+    prefill_block_table: torch.Tensor  # [num_prefill, max_kv] slots (cached prefix + new tokens)
+    prefill_q_start: torch.Tensor      # [num_prefill] offset of its first new token after the decode rows
+    prefill_q_lens: torch.Tensor       # [num_prefill]
+    prefill_kv_lens: torch.Tensor      # [num_prefill] prefix + new tokens
+    prefill_max_q_len: int
 
 
 class Attention(torch.nn.Module):
@@ -37,6 +53,7 @@ class Attention(torch.nn.Module):
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None):
         super().__init__()
+        self.backend = attention_ref     # set by the runner
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = head_dim ** -0.5
         self.sliding_window = sliding_window
@@ -47,20 +64,20 @@ class Attention(torch.nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        attention_ref.store_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
+        ops = self.backend
+        ops.store_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
         outs = []
         nd = meta.num_decode
         if nd and meta.cascade_rows is not None:
-            outs.append(attention_ref.cascade_decode_attention(
+            outs.append(ops.cascade_decode_attention(
                 q[:nd], self.k_cache, self.v_cache, meta.decode_block_table, meta.decode_kv_lens,
                 meta.prefix_table, meta.prefix_lens, meta.cascade_rows, self.scale))
         elif nd:
-            outs.append(attention_ref.decode_attention(q[:nd], self.k_cache, self.v_cache, meta.decode_block_table,
-                                                       meta.decode_kv_lens, self.scale, self.sliding_window))
-        start = nd
-        for n, slots in zip(meta.prefill_q_lens, meta.prefill_slots):
-            outs.append(attention_ref.extend_attention(q[start:start + n], self.k_cache, self.v_cache, slots,
-                                                       self.scale, self.sliding_window))
-            start += n
+            outs.append(ops.decode_attention(q[:nd], self.k_cache, self.v_cache, meta.decode_block_table,
+                                             meta.decode_kv_lens, self.scale, self.sliding_window))
+        if meta.prefill_max_q_len:
+            outs.append(ops.extend_attention(q[nd:], self.k_cache, self.v_cache, meta.prefill_block_table,
+                                             meta.prefill_q_start, meta.prefill_q_lens, meta.prefill_kv_lens,
+                                             self.scale, self.sliding_window))
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out.reshape(-1, self.num_heads * self.head_dim)

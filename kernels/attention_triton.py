@@ -1,0 +1,364 @@
+"""Triton kernels for paged attention over the token-granular KV pool (page size 1).
+
+Same signatures and layout as kernels/attention_ref.py (k_cache / v_cache: [slots, kv_heads, dim]).
+On the CPU they run under TRITON_INTERPRET=1 (tests); on CUDA they are the attention backend.
+
+Decode is split-KV ("flash decoding"): stage 1 gives each (sequence, KV head, split) program all
+query heads of that KV head as one tile, so K/V are read once per group and the products are
+tl.dot's; it writes a partial output and its LSE. Stage 2 merges the splits by log-sum-exp.
+Cascade decode adds more partials to the same buffer: one per split of each shared prefix,
+computed once for all the queries of the group, so the stage-2 reduce also does the
+prefix/suffix merge.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+# Triton's CPU interpreter gets tl.dot wrong on bfloat16 tiles (numpy has no bfloat16), so there
+# the kernels upcast tiles to float32 before their dots; on a GPU they use bf16 tensor cores.
+UPCAST = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(n))
+
+
+# ---------------------------------------------------------------- store
+
+@triton.jit
+def _store_kv_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, stride_kt, stride_vt, stride_cs,
+                     WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+    t = tl.program_id(0)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < WIDTH
+    tl.store(kc_ptr + slot * stride_cs + offs, tl.load(k_ptr + t * stride_kt + offs, mask=m), mask=m)
+    tl.store(vc_ptr + slot * stride_cs + offs, tl.load(v_ptr + t * stride_vt + offs, mask=m), mask=m)
+
+
+def store_kv(k_cache, v_cache, k, v, slot_mapping) -> None:
+    """Write new K/V rows ([tokens, kv_heads, dim]) into the pool at their slots."""
+    n = slot_mapping.shape[0]
+    if n == 0:
+        return
+    k = k.reshape(n, -1)
+    v = v.reshape(n, -1)
+    if k.stride(1) != 1 or v.stride(1) != 1:
+        k, v = k.contiguous(), v.contiguous()
+    width = k.shape[1]
+    _store_kv_kernel[(n,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0), k_cache.stride(0),
+                           WIDTH=width, BLOCK=triton.next_power_of_2(width))
+
+
+# ---------------------------------------------------------------- decode, stage 1
+
+@triton.jit
+def _decode_partial_kernel(
+        q_ptr, kc_ptr, vc_ptr, table_ptr, lens_ptr, part_out_ptr, part_lse_ptr,
+        scale, window,
+        stride_qb, stride_qh, stride_cs, stride_ch, stride_tb,
+        stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
+        G: tl.constexpr, D: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLIT_OFFSET: tl.constexpr,
+        BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    kv_len = tl.load(lens_ptr + b)
+    lo = 0
+    if window > 0:
+        lo = tl.maximum(kv_len - window, 0)
+    per = tl.cdiv(kv_len - lo, NUM_SPLITS)
+    start = lo + split * per
+    end = tl.minimum(start + per, kv_len)
+
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    mg = offs_g < G
+    md = offs_d < D
+    heads = kvh * G + offs_g
+    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=mg[:, None] & md[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mn = offs_n < end
+        slots = tl.load(table_ptr + b * stride_tb + offs_n, mask=mn, other=0).to(tl.int64)
+        kv_off = slots[:, None] * stride_cs + kvh * stride_ch + offs_d[None, :]
+        k = tl.load(kc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.where(mn[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(vc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+    s_idx = SPLIT_OFFSET + split
+    tl.store(part_out_ptr + b * stride_pb + heads[:, None] * stride_ph + s_idx * stride_ps + offs_d[None, :],
+             out, mask=mg[:, None] & md[None, :])
+    tl.store(part_lse_ptr + b * stride_lb + heads * stride_lh + s_idx, lse, mask=mg)
+
+
+# ---------------------------------------------------------------- shared prefix, stage 1
+
+@triton.jit
+def _prefix_partial_kernel(
+        q_ptr, kc_ptr, vc_ptr, table_ptr, plens_ptr, rows_ptr, part_out_ptr, part_lse_ptr,
+        scale,
+        stride_qb, stride_qh, stride_cs, stride_ch, stride_tg, stride_rg,
+        stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
+        G: tl.constexpr, D: tl.constexpr, N_ROWS: tl.constexpr, NUM_SPLITS: tl.constexpr,
+        SPLIT_OFFSET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+        UPCAST: tl.constexpr):
+    # One program: one group, one KV head, one tile of BLOCK_M (row, query head) pairs, one split
+    # of the prefix. The prefix K/V tile is loaded once and used by every query of the tile.
+    grp = tl.program_id(0)
+    kvh_m = tl.program_id(1)
+    split = tl.program_id(2)
+    NUM_M: tl.constexpr = (N_ROWS * G + BLOCK_M - 1) // BLOCK_M
+    kvh = kvh_m // NUM_M
+    mblk = kvh_m % NUM_M
+    p_len = tl.load(plens_ptr + grp)
+    per = tl.cdiv(p_len, NUM_SPLITS)
+    start = split * per
+    end = tl.minimum(start + per, p_len)
+
+    offs_m = mblk * BLOCK_M + tl.arange(0, BLOCK_M)      # (row-in-group, head-in-group) pairs
+    r_in = offs_m // G
+    g_in = offs_m % G
+    rows = tl.load(rows_ptr + grp * stride_rg + r_in, mask=r_in < N_ROWS, other=-1)
+    mm = (r_in < N_ROWS) & (rows >= 0)
+    rows = tl.where(mm, rows, 0).to(tl.int64)
+    heads = kvh * G + g_in
+    offs_d = tl.arange(0, BLOCK_D)
+    md = offs_d < D
+    q = tl.load(q_ptr + rows[:, None] * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=mm[:, None] & md[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mn = offs_n < end
+        slots = tl.load(table_ptr + grp * stride_tg + offs_n, mask=mn, other=0).to(tl.int64)
+        kv_off = slots[:, None] * stride_cs + kvh * stride_ch + offs_d[None, :]
+        k = tl.load(kc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.where(mn[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(vc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+    s_idx = SPLIT_OFFSET + split
+    tl.store(part_out_ptr + rows[:, None] * stride_pb + heads[:, None] * stride_ph + s_idx * stride_ps
+             + offs_d[None, :], out, mask=mm[:, None] & md[None, :])
+    tl.store(part_lse_ptr + rows * stride_lb + heads * stride_lh + s_idx, lse, mask=mm)
+
+
+# ---------------------------------------------------------------- stage 2: LSE reduce
+
+@triton.jit
+def _reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr,
+                   stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh, stride_xb,
+                   D: tl.constexpr, S: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    ms = offs_s < S
+    md = offs_d < D
+    lse = tl.load(part_lse_ptr + b * stride_lb + h * stride_lh + offs_s, mask=ms, other=float("-inf"))
+    m = tl.max(lse, 0)
+    w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)
+    total = tl.sum(w, 0)
+    parts = tl.load(part_out_ptr + b * stride_pb + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :],
+                    mask=ms[:, None] & md[None, :], other=0.0)
+    out = tl.sum(parts * w[:, None], 0) / total
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=md)
+    tl.store(lse_ptr + b * stride_xb + h, m + tl.log(total))
+
+
+def _num_splits(max_len: int, block_n: int) -> int:
+    # enough splits to keep the GPU busy on long contexts, none wasted on short ones
+    return max(1, min(16, triton.cdiv(max_len, 4 * block_n)))
+
+
+def _launch_decode(q, k_cache, v_cache, table, lens, scale, window, part_out, part_lse, num_splits, offset, block_n):
+    b, h, d = q.shape
+    hkv = k_cache.shape[1]
+    g = h // hkv
+    _decode_partial_kernel[(b, hkv, num_splits)](
+        q, k_cache, v_cache, table, lens, part_out, part_lse, scale, window or 0,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), table.stride(0),
+        part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
+        G=g, D=d, NUM_SPLITS=num_splits, SPLIT_OFFSET=offset,
+        BLOCK_G=_pow2(g), BLOCK_D=_pow2(d), BLOCK_N=block_n, UPCAST=UPCAST)
+
+
+def _reduce(part_out, part_lse, q):
+    b, h, d = q.shape
+    s = part_out.shape[2]
+    out = torch.empty_like(q)
+    lse = torch.empty(b, h, dtype=torch.float32, device=q.device)
+    _reduce_kernel[(b, h)](part_out, part_lse, out, lse,
+                           part_out.stride(0), part_out.stride(1), part_out.stride(2),
+                           part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1), lse.stride(0),
+                           D=d, S=s, BLOCK_S=triton.next_power_of_2(s), BLOCK_D=triton.next_power_of_2(d))
+    return out, lse
+
+
+def decode_attention(q, k_cache, v_cache, block_table, kv_lens, scale, sliding_window=None, return_lse=False,
+                     block_n: int = 32):
+    """One query token per sequence over its first kv_lens[b] slots. q: [batch, heads, dim]."""
+    b, h, d = q.shape
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    splits = _num_splits(block_table.shape[1], block_n)
+    part_out = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device)
+    part_lse = torch.empty(b, h, splits, dtype=torch.float32, device=q.device)
+    _launch_decode(q, k_cache, v_cache, block_table, kv_lens, scale, sliding_window, part_out, part_lse, splits, 0,
+                   block_n)
+    out, lse = _reduce(part_out, part_lse, q)
+    return (out, lse) if return_lse else out
+
+
+def cascade_decode_attention(q, k_cache, v_cache, suffix_table, suffix_lens, prefix_table, prefix_lens, group_rows,
+                             scale, block_n: int = 32, block_m: int = 64):
+    """Decode attention where sequences share prefixes (see attention_ref.cascade_decode_attention).
+    Each group's prefix is read once per (KV head, query tile) for all its queries."""
+    b, h, d = q.shape
+    hkv = k_cache.shape[1]
+    g = h // hkv
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    s_splits = _num_splits(suffix_table.shape[1], block_n)
+    p_splits = _num_splits(prefix_table.shape[1], block_n)
+    part_out = torch.zeros(b, h, s_splits + p_splits, d, dtype=torch.float32, device=q.device)
+    part_lse = torch.full((b, h, s_splits + p_splits), float("-inf"), dtype=torch.float32, device=q.device)
+    _launch_decode(q, k_cache, v_cache, suffix_table, suffix_lens, scale, None, part_out, part_lse, s_splits, 0,
+                   block_n)
+    ng, n_rows = group_rows.shape
+    block_m = min(block_m, _pow2(n_rows * g))
+    num_m = triton.cdiv(n_rows * g, block_m)
+    _prefix_partial_kernel[(ng, hkv * num_m, p_splits)](
+        q, k_cache, v_cache, prefix_table, prefix_lens, group_rows, part_out, part_lse, scale,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), prefix_table.stride(0), group_rows.stride(0),
+        part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
+        G=g, D=d, N_ROWS=n_rows, NUM_SPLITS=p_splits, SPLIT_OFFSET=s_splits,
+        BLOCK_M=block_m, BLOCK_D=_pow2(d), BLOCK_N=block_n, UPCAST=UPCAST)
+    return _reduce(part_out, part_lse, q)[0]
+
+
+# ---------------------------------------------------------------- extend (prefill)
+
+@triton.jit
+def _extend_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, table_ptr, qstart_ptr, qlens_ptr, kvlens_ptr,
+                   scale, window,
+                   stride_qt, stride_qh, stride_ot, stride_oh, stride_cs, stride_ch, stride_tb,
+                   G: tl.constexpr, D: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+    # One program: BLOCK_M new tokens of one sequence, one query head. Keys run from the cached
+    # prefix (through the slot table) into the new tokens, causally, in one online softmax.
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    mblk = tl.program_id(2)
+    q_len = tl.load(qlens_ptr + b)
+    if mblk * BLOCK_M >= q_len:
+        return
+    q_start = tl.load(qstart_ptr + b)
+    kv_len = tl.load(kvlens_ptr + b)
+    kvh = h // G
+    offs_m = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
+    mm = offs_m < q_len
+    q_pos = kv_len - q_len + offs_m
+    offs_d = tl.arange(0, BLOCK_D)
+    md = offs_d < D
+    tok = (q_start + offs_m).to(tl.int64)
+    q = tl.load(q_ptr + tok[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+                mask=mm[:, None] & md[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    hi = tl.minimum(kv_len, kv_len - q_len + (mblk + 1) * BLOCK_M)
+    lo = 0
+    if window > 0:
+        lo = tl.maximum(kv_len - q_len + mblk * BLOCK_M - window + 1, 0)
+        lo = (lo // BLOCK_N) * BLOCK_N
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mn = offs_n < hi
+        slots = tl.load(table_ptr + b * stride_tb + offs_n, mask=mn, other=0).to(tl.int64)
+        kv_off = slots[:, None] * stride_cs + kvh * stride_ch + offs_d[None, :]
+        k = tl.load(kc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k)) * scale
+        ok = mn[None, :] & (offs_n[None, :] <= q_pos[:, None])
+        if window > 0:
+            ok = ok & (offs_n[None, :] > q_pos[:, None] - window)
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(vc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(out_ptr + tok[:, None] * stride_ot + h * stride_oh + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=mm[:, None] & md[None, :])
+
+
+def extend_attention(q, k_cache, v_cache, block_table, q_start, q_lens, kv_lens, scale, sliding_window=None,
+                     max_q_len: int | None = None, block_m: int = 32, block_n: int = 32):
+    """New tokens of several sequences (packed in q: [tokens, heads, dim]) attend to their cached
+    prefix and causally to themselves; their own K/V are already stored."""
+    t, h, d = q.shape
+    hkv = k_cache.shape[1]
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    out = torch.empty_like(q)
+    if max_q_len is None:
+        max_q_len = int(q_lens.max())
+    grid = (q_lens.shape[0], h, triton.cdiv(max_q_len, block_m))
+    _extend_kernel[grid](q, k_cache, v_cache, out, block_table, q_start, q_lens, kv_lens, scale, sliding_window or 0,
+                         q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1),
+                         block_table.stride(0), G=h // hkv, D=d, BLOCK_M=block_m, BLOCK_D=_pow2(d), BLOCK_N=block_n,
+                         UPCAST=UPCAST)
+    return out
