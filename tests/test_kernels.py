@@ -134,3 +134,60 @@ def test_extend_attention_sliding_window():
     args = (table, torch.tensor([0], device=DEVICE), torch.tensor(q_lens, device=DEVICE),
             torch.tensor(kv_lens, device=DEVICE), 0.125, 24)
     assert rel_err(tri.extend_attention(q, kc, vc, *args), ref.extend_attention(*f64(q, kc, vc), *args)) < 1e-5
+
+
+# ---------------------------------------------------------------- per-token kernels
+
+from tts_engine.kernels import elementwise_ref as eref  # noqa: E402
+from tts_engine.kernels import elementwise_triton as etri  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm(dtype, with_residual):
+    x = torch.randn(5, 96, device=DEVICE).to(dtype)
+    w = (torch.rand(96, device=DEVICE) + 0.5).to(dtype)
+    res = torch.randn(5, 96, device=DEVICE).to(dtype) if with_residual else None
+    out = etri.rms_norm(x, w, 1e-5, res)
+    expected = eref.rms_norm(*f64(x, w), 1e-5, None if res is None else res.double())
+    if with_residual:
+        assert rel_err(out[1], expected[1]) < TOL[dtype]
+        out, expected = out[0], expected[0]
+    assert rel_err(out, expected) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rope_type", ["default", "llama3"])
+@pytest.mark.parametrize("d,rot", [(64, 64), (128, 128), (64, 32)])
+def test_rope(dtype, rope_type, d, rot):
+    from tts_engine.config import RopeConfig
+    from tts_engine.models.llama import Rotary
+    rope = RopeConfig(theta=500000.0, rope_type=rope_type, factor=8.0, original_max_position_embeddings=64,
+                      partial_rotary_factor=rot / d)
+    table = Rotary(rope, d, 300).to(DEVICE)
+    x = torch.randn(7, 6, d, device=DEVICE).to(dtype)
+    pos = torch.tensor([0, 1, 5, 63, 64, 200, 299], device=DEVICE)
+    out = etri.apply_rope(x, pos, table.cos, table.sin)
+    expected = eref.apply_rope(x.double(), pos, table.cos.double(), table.sin.double())
+    assert rel_err(out, expected) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_and_mul(dtype):
+    x = torch.randn(4, 2 * 80, device=DEVICE).to(dtype)
+    assert rel_err(etri.silu_and_mul(x), eref.silu_and_mul(x.double())) < TOL[dtype]
+
+
+def test_engine_triton_backend_matches_torch_backend(tiny_llama):
+    """The whole engine with every Triton kernel (interpreted on the CPU): same greedy tokens."""
+    from tts_engine import LLM, SamplingParams
+    prompts = [{"prompt_token_ids": [random.randrange(4, 384) for _ in range(n)]} for n in (3, 21, 40)]
+    prompts.append({"prompt_token_ids": prompts[2]["prompt_token_ids"][:30] + [7, 8]})   # shares a prefix
+    sp = SamplingParams(n=2, temperature=0, max_tokens=8, ignore_eos=True)
+    outs = {}
+    for backend in ("torch", "triton"):
+        llm = LLM(tiny_llama, dtype="float32", device=DEVICE, kv_cache_tokens=1024, attention_backend=backend,
+                  max_num_batched_tokens=32)
+        llm.runner.cascade_min_prefix = 8      # make the cascade path run
+        outs[backend] = [[o.token_ids for o in r.outputs] for r in llm.generate(prompts, sp)]
+    assert outs["triton"] == outs["torch"]

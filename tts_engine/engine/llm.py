@@ -13,6 +13,7 @@ from tts_engine.engine.scheduler import Scheduler
 from tts_engine.engine.sequence import Sequence
 from tts_engine.flops import forward_flops
 from tts_engine.loader import gguf_reader, find_checkpoint
+from tts_engine.models.backend import resolve_backend
 from tts_engine.models.llama import CausalLM
 from tts_engine.outputs import CompletionOutput, RequestOutput
 from tts_engine.sampling_params import SamplingParams
@@ -31,7 +32,7 @@ class LLM:
                  device: str | None = None, kv_cache_tokens: int | None = None, seed: int = 0,
                  enable_prefix_caching: bool = True, max_num_batched_tokens: int = 2048,
                  max_num_seqs: int = 256, max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.9):
+                 gpu_memory_utilization: float = 0.9, attention_backend: str = "auto"):
         if max_num_batched_tokens < 1 or max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -59,6 +60,8 @@ class LLM:
             torch.set_default_dtype(default_dtype)
         self.model.load_weights(ckpt.weights())
         self.model.eval()
+        self.attention_backend = resolve_backend(attention_backend, self.device)
+        self.model.set_backend(self.attention_backend)
 
         bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * self.dtype.itemsize
         if kv_cache_tokens is None:

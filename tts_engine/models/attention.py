@@ -12,19 +12,6 @@ import torch
 
 from tts_engine.kernels import attention_ref
 
-# Attention backends: modules with the same functions and signatures.
-BACKENDS = {"torch": attention_ref}
-
-
-def get_backend(name: str):
-    if name == "triton" and name not in BACKENDS:
-        from tts_engine.kernels import attention_triton   # imports triton; only when asked for
-        BACKENDS["triton"] = attention_triton
-    if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; use 'torch' or 'triton'")
-    return BACKENDS[name]
-
-
 @dataclass
 class AttentionMetadata:
     slot_mapping: torch.Tensor        # [tokens] pool slot for each new token's K/V
@@ -53,7 +40,7 @@ class Attention(torch.nn.Module):
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None):
         super().__init__()
-        self.backend = attention_ref     # set by the runner
+        self.backend = attention_ref     # attention ops; CausalLM.set_backend swaps them
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = head_dim ** -0.5
         self.sliding_window = sliding_window

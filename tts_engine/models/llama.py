@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tts_engine.config import ModelConfig, RopeConfig
+from tts_engine.kernels import elementwise_ref
 from tts_engine.models.attention import Attention, AttentionMetadata
+from tts_engine.models.backend import get_backend
 
 
 def _param(*shape: int) -> nn.Parameter:
@@ -36,14 +38,11 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = _param(dim)
         self.eps = eps
+        self.ops = elementwise_ref
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)   # fused; identical in float32
-        # Normalise in float32 and cast back before the weight, as Hugging Face does.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """norm(x), or (norm(x + residual), x + residual) with the residual add fused in."""
+        return self.ops.rms_norm(x, self.weight, self.eps, residual)
 
 
 def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
@@ -66,7 +65,7 @@ def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
 
 
 class Rotary(nn.Module):
-    """Non-interleaved (rotate-half) RoPE with a precomputed cos/sin table."""
+    """cos/sin tables of rotate-half RoPE for every position ([max_positions, rot_dim], float32)."""
 
     def __init__(self, rope: RopeConfig, head_dim: int, max_positions: int):
         super().__init__()
@@ -76,19 +75,6 @@ class Rotary(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin rows for these positions, [tokens, 1, rot_dim], looked up once per step."""
-        return self.cos[positions].to(dtype)[:, None, :], self.sin[positions].to(dtype)[:, None, :]
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [tokens, heads, head_dim]; rotates the first cos.shape[-1] dims (all unless partial)."""
-    rot = cos.shape[-1]
-    xr = x[..., :rot]
-    half = rot // 2
-    out = xr * cos + torch.cat([-xr[..., half:], xr[..., :half]], dim=-1) * sin
-    return out if rot == x.shape[-1] else torch.cat([out, x[..., rot:]], dim=-1)
-
 
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -97,10 +83,12 @@ class SelfAttention(nn.Module):
         self.o_proj = Linear(cfg.q_size, cfg.hidden_size, cfg.o_bias)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.attn = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.sliding_window)
+        self.ops = elementwise_ref
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(x).view(-1, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
-        qk = apply_rotary(qkv[:, :self.num_heads + self.num_kv_heads], *rope)   # q and k heads in one go
+        # q and k heads rotated in one go
+        qk = self.ops.apply_rope(qkv[:, :self.num_heads + self.num_kv_heads], positions, rotary.cos, rotary.sin)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         return self.o_proj(self.attn(q, k, qkv[:, self.num_heads + self.num_kv_heads:], meta))
 
@@ -108,13 +96,12 @@ class SelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.inter = cfg.intermediate_size
         self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias)
+        self.ops = elementwise_ref
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -125,9 +112,16 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor, rotary: Rotary,
+                meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        # x is the previous sublayer's output; residual the running sum (None before the first layer)
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, positions, rotary, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class DecoderModel(nn.Module):
@@ -140,11 +134,10 @@ class DecoderModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
-        rope = self.rotary(positions, x.dtype)
+        x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
-            x = layer(x, rope, meta)
-        return self.norm(x)
+            x, residual = layer(x, residual, positions, self.rotary, meta)
+        return self.norm(x, residual)[0]
 
 
 # Hugging Face name fragment -> (our packed parameter fragment, shard index)
@@ -167,6 +160,15 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         return self.model(input_ids, positions, meta)
+
+    def set_backend(self, name: str) -> None:
+        """Route attention and per-token ops through the "torch" or "triton" kernels."""
+        attention_ops, elementwise_ops = get_backend(name)
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.backend = attention_ops
+            elif hasattr(m, "ops"):
+                m.ops = elementwise_ops
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
