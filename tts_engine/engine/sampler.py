@@ -14,6 +14,11 @@ import torch
 
 from tts_engine.engine.sequence import Sequence
 
+try:   # optional CUDA kernel (csrc/sampling.cu): top-k / top-p without sorting the vocabulary
+    from tts_engine import _C
+except ImportError:
+    _C = None
+
 _CANDIDATES = 256
 
 
@@ -56,8 +61,8 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], torch
     rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if rows:
         params = [seqs[i].params for i in rows]
-        temps = torch.tensor([p.temperature for p in params], device=logits.device)
-        probs = (logits[rows] / temps[:, None]).softmax(dim=-1).cpu()
+        temps = torch.tensor([p.temperature for p in params])
+        probs = (logits[rows].cpu() / temps[:, None]).softmax(dim=-1)
         top_k = torch.tensor([p.top_k for p in params])
         top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
         truncated = (top_k > 0) | (top_p < 1)
@@ -67,7 +72,16 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], torch
         if full:
             chosen[full] = draw(probs[full], [gens[j] for j in full])
         part = truncated.nonzero()[:, 0].tolist()
-        if part:
+        if part and _C is not None and logits.is_cuda:
+            # Same distribution as below; the draw walks the kept tokens in index order instead
+            # of sorted order, so one seed gives other (equally likely) tokens than on the CPU.
+            u = torch.cat([torch.rand(1, generator=gens[j]) for j in part]).to(logits.device)
+            sel = torch.tensor([rows[j] for j in part], device=logits.device)
+            picked = _C.top_k_top_p_sample(logits[sel].float(), temps[part].float().to(logits.device),
+                                           top_k[part].to(torch.int32).to(logits.device),
+                                           top_p[part].to(logits.device), u)
+            chosen[part] = picked.cpu()
+        elif part:
             cand_p, cand_ids = truncated_candidates(probs[part], top_k[part], top_p[part])
             picks = draw(cand_p, [gens[j] for j in part])
             chosen[part] = cand_ids.gather(1, picks[:, None])[:, 0]
