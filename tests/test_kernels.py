@@ -178,9 +178,15 @@ def test_silu_and_mul(dtype):
     assert rel_err(etri.silu_and_mul(x), eref.silu_and_mul(x.double())) < TOL[dtype]
 
 
-def test_engine_triton_backend_matches_torch_backend(tiny_llama):
+def test_engine_triton_backend_matches_torch_backend(tmp_path):
     """The whole engine with every Triton kernel (interpreted on the CPU): same greedy tokens."""
     from tts_engine import LLM, SamplingParams
+    from tts_engine.random_model import save_random_model
+    tiny_llama = str(tmp_path)
+    save_random_model(tiny_llama, dict(architectures=["LlamaForCausalLM"], vocab_size=384, hidden_size=64,
+                                       intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2, max_position_embeddings=256),
+                      seed=random.randrange(1000), dtype=torch.float32, std=0.1)
     prompts = [{"prompt_token_ids": [random.randrange(4, 384) for _ in range(n)]} for n in (3, 21, 40)]
     prompts.append({"prompt_token_ids": prompts[2]["prompt_token_ids"][:30] + [7, 8]})   # shares a prefix
     sp = SamplingParams(n=2, temperature=0, max_tokens=8, ignore_eos=True)
@@ -188,6 +194,6 @@ def test_engine_triton_backend_matches_torch_backend(tiny_llama):
     for backend in ("torch", "triton"):
         llm = LLM(tiny_llama, dtype="float32", device=DEVICE, kv_cache_tokens=1024, attention_backend=backend,
                   max_num_batched_tokens=32)
-        llm.runner.cascade_min_prefix = 8      # make the cascade path run
+        llm.runner.cascade_min_work = 8      # make the cascade path run
         outs[backend] = [[o.token_ids for o in r.outputs] for r in llm.generate(prompts, sp)]
     assert outs["triton"] == outs["torch"]

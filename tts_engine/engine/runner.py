@@ -12,10 +12,14 @@ from tts_engine.models.llama import CausalLM
 
 class ModelRunner:
     def __init__(self, model: CausalLM, num_slots: int, dtype: torch.dtype, device: torch.device,
-                 cascade_min_prefix: int | None = 64):
+                 cascade_min_work: int | None = 1024):
         cfg = model.cfg
         self.model, self.device = model, device
-        self.cascade_min_prefix = cascade_min_prefix   # None turns cascade decode off
+        # A group uses cascade decode when sharers x shared tokens reaches this (None: never).
+        # benchmarks/bench_kernels.py --cpu (32/8 heads): cascade pays from about 1-2k (8 x 256,
+        # 4 x 1024, 64 x 64) and costs up to 3x on small groups; 1024 won end to end on the CPU
+        # beam benchmark (4 sharers x 358-650 tokens, SmolLM2's 9/3 heads). Re-measure on GPUs.
+        self.cascade_min_work = cascade_min_work
         # One tensor for the whole pool: [layers, K/V, slots, kv_heads, head_dim].
         self.kv_cache = torch.zeros(cfg.num_layers, 2, num_slots, cfg.num_kv_heads, cfg.head_dim,
                                     dtype=dtype, device=device)
@@ -70,16 +74,17 @@ class ModelRunner:
         """Group decoding sequences that hold the same tree node (the n samples of a request, the
         children of a beam) so each group's shared prefix is read once per step. Returns
         (rows [groups, max_size] padded with -1, prefix table, prefix lengths) or None, and per
-        sequence where its own part of the KV starts. Only groups of at least two sequences
-        sharing at least `cascade_min_prefix` tokens are formed."""
+        sequence where its own part of the KV starts. Only groups of two or more whose sharers x
+        shared tokens reach `cascade_min_work` are formed."""
         starts = [0] * len(decode)
-        if self.cascade_min_prefix is None or self.model.cfg.sliding_window is not None:
+        if self.cascade_min_work is None or self.model.cfg.sliding_window is not None:
             return None, starts
         by_node: dict[int, list[int]] = {}
         for i, s in enumerate(decode):
-            if s.num_tree >= self.cascade_min_prefix:
+            if s.num_tree:
                 by_node.setdefault(id(s.node), []).append(i)
-        groups = [rows for rows in by_node.values() if len(rows) >= 2]
+        groups = [rows for rows in by_node.values()
+                  if len(rows) >= 2 and len(rows) * decode[rows[0]].num_tree >= self.cascade_min_work]
         if not groups:
             return None, starts
         width = max(len(r) for r in groups)

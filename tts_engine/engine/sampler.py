@@ -59,31 +59,33 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], torch
     logprobs = torch.log_softmax(logits, dim=-1)
     tokens = logits.argmax(dim=-1)
     rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
-    if rows:
-        params = [seqs[i].params for i in rows]
-        temps = torch.tensor([p.temperature for p in params])
-        probs = (logits[rows].cpu() / temps[:, None]).softmax(dim=-1)
-        top_k = torch.tensor([p.top_k for p in params])
-        top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
-        truncated = (top_k > 0) | (top_p < 1)
-        gens = [seqs[i].generator for i in rows]
-        chosen = torch.empty(len(rows), dtype=torch.long)
-        full = (~truncated).nonzero()[:, 0].tolist()
-        if full:
-            chosen[full] = draw(probs[full], [gens[j] for j in full])
-        part = truncated.nonzero()[:, 0].tolist()
-        if part and _C is not None and logits.is_cuda:
-            # Same distribution as below; the draw walks the kept tokens in index order instead
-            # of sorted order, so one seed gives other (equally likely) tokens than on the CPU.
-            u = torch.cat([torch.rand(1, generator=gens[j]) for j in part]).to(logits.device)
-            sel = torch.tensor([rows[j] for j in part], device=logits.device)
-            picked = _C.top_k_top_p_sample(logits[sel].float(), temps[part].float().to(logits.device),
-                                           top_k[part].to(torch.int32).to(logits.device),
-                                           top_p[part].to(logits.device), u)
-            chosen[part] = picked.cpu()
-        elif part:
-            cand_p, cand_ids = truncated_candidates(probs[part], top_k[part], top_p[part])
-            picks = draw(cand_p, [gens[j] for j in part])
-            chosen[part] = cand_ids.gather(1, picks[:, None])[:, 0]
-        tokens[rows] = chosen.to(tokens.device)
+    if not rows:
+        return tokens.tolist(), logprobs
+    params = [seqs[i].params for i in rows]
+    gens = [seqs[i].generator for i in rows]
+    temps = torch.tensor([p.temperature for p in params])
+    top_k = torch.tensor([p.top_k for p in params])
+    top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
+    if _C is not None and logits.is_cuda:
+        # Same distribution as below, on the GPU without a sort; the draw walks the kept tokens in
+        # index order instead of sorted order, so a seed gives other (equally likely) tokens than
+        # on the CPU. Uniforms still come from each row's own generator.
+        dev = logits.device
+        u = torch.cat([torch.rand(1, generator=g) for g in gens])
+        picked = _C.top_k_top_p_sample(logits[rows].float(), temps.float().to(dev), top_k.to(torch.int32).to(dev),
+                                       top_p.to(dev), u.to(dev))
+        tokens[rows] = picked
+        return tokens.tolist(), logprobs
+    probs = (logits[rows].cpu() / temps[:, None]).softmax(dim=-1)
+    truncated = (top_k > 0) | (top_p < 1)
+    chosen = torch.empty(len(rows), dtype=torch.long)
+    full = (~truncated).nonzero()[:, 0].tolist()
+    if full:
+        chosen[full] = draw(probs[full], [gens[j] for j in full])
+    part = truncated.nonzero()[:, 0].tolist()
+    if part:
+        cand_p, cand_ids = truncated_candidates(probs[part], top_k[part], top_p[part])
+        picks = draw(cand_p, [gens[j] for j in part])
+        chosen[part] = cand_ids.gather(1, picks[:, None])[:, 0]
+    tokens[rows] = chosen.to(tokens.device)
     return tokens.tolist(), logprobs
