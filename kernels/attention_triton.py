@@ -55,6 +55,49 @@ def store_kv(k_cache, v_cache, k, v, slot_mapping) -> None:
                            WIDTH=width, BLOCK=triton.next_power_of_2(width))
 
 
+# ---------------------------------------------------------------- shared inner loop
+
+@triton.jit
+def _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stride_ch, offs_d, md, scale,
+                  q_pos, window, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                  CAUSAL: tl.constexpr, UPCAST: tl.constexpr):
+    """Online softmax of a [BLOCK_Q, BLOCK_D] query tile over keys start..end of one KV head, read
+    through a slot list; with CAUSAL, row r sees only keys <= q_pos[r] (and > q_pos[r] - window
+    when window > 0). Returns the normalised output and its LSE (-inf where nothing was seen)."""
+    m_i = tl.full([BLOCK_Q], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_Q], tl.float32)
+    acc = tl.zeros([BLOCK_Q, BLOCK_D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mn = offs_n < end
+        slots = tl.load(slots_ptr + offs_n, mask=mn, other=0).to(tl.int64)
+        kv_off = slots[:, None] * stride_cs + kvh * stride_ch + offs_d[None, :]
+        k = tl.load(kc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k)) * scale
+        ok = mn[None, :]
+        if CAUSAL:
+            ok = ok & (offs_n[None, :] <= q_pos[:, None])
+            if window > 0:
+                ok = ok & (offs_n[None, :] > q_pos[:, None] - window)
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)   # rows that have seen no key yet
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(vc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+    return out, lse
+
+
 # ---------------------------------------------------------------- decode, stage 1
 
 @triton.jit
@@ -86,31 +129,8 @@ def _decode_partial_kernel(
     if UPCAST:
         q = q.to(tl.float32)
 
-    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mn = offs_n < end
-        slots = tl.load(table_ptr + b * stride_tb + offs_n, mask=mn, other=0).to(tl.int64)
-        kv_off = slots[:, None] * stride_cs + kvh * stride_ch + offs_d[None, :]
-        k = tl.load(kc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * scale
-        s = tl.where(mn[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(vc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
-        if UPCAST:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+    out, lse = _attend_slots(q, kc_ptr, vc_ptr, table_ptr + b * stride_tb, start, end, kvh, stride_cs, stride_ch,
+                             offs_d, md, scale, offs_g, 0, BLOCK_G, BLOCK_D, BLOCK_N, False, UPCAST)
     s_idx = SPLIT_OFFSET + split
     tl.store(part_out_ptr + b * stride_pb + heads[:, None] * stride_ph + s_idx * stride_ps + offs_d[None, :],
              out, mask=mg[:, None] & md[None, :])
@@ -155,31 +175,8 @@ def _prefix_partial_kernel(
     if UPCAST:
         q = q.to(tl.float32)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mn = offs_n < end
-        slots = tl.load(table_ptr + grp * stride_tg + offs_n, mask=mn, other=0).to(tl.int64)
-        kv_off = slots[:, None] * stride_cs + kvh * stride_ch + offs_d[None, :]
-        k = tl.load(kc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * scale
-        s = tl.where(mn[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(vc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
-        if UPCAST:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+    out, lse = _attend_slots(q, kc_ptr, vc_ptr, table_ptr + grp * stride_tg, start, end, kvh, stride_cs, stride_ch,
+                             offs_d, md, scale, offs_m, 0, BLOCK_M, BLOCK_D, BLOCK_N, False, UPCAST)
     s_idx = SPLIT_OFFSET + split
     tl.store(part_out_ptr + rows[:, None] * stride_pb + heads[:, None] * stride_ph + s_idx * stride_ps
              + offs_d[None, :], out, mask=mm[:, None] & md[None, :])
@@ -309,38 +306,12 @@ def _extend_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, table_ptr, qstart_ptr, qlens_
                 mask=mm[:, None] & md[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     hi = tl.minimum(kv_len, kv_len - q_len + (mblk + 1) * BLOCK_M)
     lo = 0
     if window > 0:
         lo = tl.maximum(kv_len - q_len + mblk * BLOCK_M - window + 1, 0)
-        lo = (lo // BLOCK_N) * BLOCK_N
-    for n0 in range(lo, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mn = offs_n < hi
-        slots = tl.load(table_ptr + b * stride_tb + offs_n, mask=mn, other=0).to(tl.int64)
-        kv_off = slots[:, None] * stride_cs + kvh * stride_ch + offs_d[None, :]
-        k = tl.load(kc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * scale
-        ok = mn[None, :] & (offs_n[None, :] <= q_pos[:, None])
-        if window > 0:
-            ok = ok & (offs_n[None, :] > q_pos[:, None] - window)
-        s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(vc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
-        if UPCAST:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    out, _ = _attend_slots(q, kc_ptr, vc_ptr, table_ptr + b * stride_tb, lo, hi, kvh, stride_cs, stride_ch,
+                           offs_d, md, scale, q_pos, window, BLOCK_M, BLOCK_D, BLOCK_N, True, UPCAST)
     tl.store(out_ptr + tok[:, None] * stride_ot + h * stride_oh + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=mm[:, None] & md[None, :])
 
