@@ -104,3 +104,37 @@ def test_missing_files_and_bad_tensors(tiny_llama, tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
         LLM(str(folder))
+
+
+def test_bad_device_backend_and_package(tiny_llama):
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            LLM(tiny_llama, device="cuda")
+    with pytest.raises(ValueError, match="unknown attention_backend 'flash'"):
+        LLM(tiny_llama, device="cpu", attention_backend="flash")
+    with pytest.raises(FileNotFoundError, match="no installed Python package 'no_such_pkg_xyz'"):
+        LLM("pkg:no_such_pkg_xyz")
+
+
+def test_interrupted_generate_leaves_engine_consistent(tiny_llama):
+    """A KeyboardInterrupt in the middle of a step must not leave half-written K/V in the cache."""
+    llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048)
+    prompts = [{"prompt_token_ids": [5, 9, 44, 100 + i, 7]} for i in range(4)]
+    sp = SamplingParams(n=2, temperature=0, max_tokens=12, ignore_eos=True)
+    expected = [[o.token_ids for o in r.outputs] for r in
+                LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048).generate(prompts, sp)]
+    real_run, calls = llm.runner.run, []
+
+    def flaky(batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run(batch)
+
+    llm.runner.run = flaky
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(prompts, sp)
+    llm.runner.run = real_run
+    assert llm.stats()["kv_tokens_in_use"] == 0 and not llm.scheduler.has_work()
+    assert [[o.token_ids for o in r.outputs] for r in llm.generate(prompts, sp)] == expected

@@ -27,12 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--attention-backend", default="auto", help="auto (triton on CUDA), torch or triton")
     args = ap.parse_args(argv)
     try:
         params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                                 max_tokens=args.max_tokens, stop=args.stop, seed=args.seed)
         t0 = time.perf_counter()
-        llm = LLM(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device)
+        llm = LLM(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
+                  attention_backend=args.attention_backend)
         t1 = time.perf_counter()
         prompt = args.prompt
         if args.chat is not None:

@@ -36,6 +36,8 @@ class LLM:
         if max_num_batched_tokens < 1 or max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available (this torch: {torch.__version__})")
         ckpt = find_checkpoint(model)
         self.config = cfg = ckpt.config
         self.dtype = _resolve_dtype(dtype, cfg.torch_dtype, self.device)
