@@ -147,7 +147,7 @@ def main():
         import transformers
         path = resolve_model_path(args.model)
         gguf = next(f for f in os.listdir(path) if f.endswith(".gguf"))
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, torch_dtype=torch.float32)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.float32)
         hf_tok = transformers.AutoTokenizer.from_pretrained(path, gguf_file=gguf)
         model.eval()
         with torch.inference_mode():

@@ -86,7 +86,7 @@ def test_gguf_quantizations_match_transformers(tmp_path, qname):
     path = str(tmp_path / f"tiny-{qname}.gguf")
     write_gguf(path, hf, str(folder), getattr(gguf.GGMLQuantizationType, qname))
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=f"tiny-{qname}.gguf",
-                                                            torch_dtype=torch.float32)
+                                                            dtype=torch.float32)
     llm = LLM(path, dtype="float32", device="cpu", kv_cache_tokens=2048)
     check_parity(llm, ref, random_prompts(384, lengths=(7, 33)), logit_tol=1e-4)
     # The tokenizer rebuilt from GGUF metadata encodes like the original tokenizer.json.

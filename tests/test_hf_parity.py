@@ -69,7 +69,7 @@ def test_llama3_hub_style_rope_scaling(tmp_path):
     cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                            "original_max_position_embeddings": 64}
     cfg_path.write_text(json.dumps(cfg))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), torch_dtype=torch.float32)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32)
     assert hf.config.rope_parameters["rope_type"] == "llama3"
     llm = LLM(str(tmp_path), dtype="float32", device="cpu", kv_cache_tokens=4096)
     assert llm.config.rope.rope_type == "llama3"
@@ -99,7 +99,7 @@ def test_bfloat16_runs_close_to_float32(tiny_llama):
 def test_smollm2_gguf_matches_transformers(smollm2, smollm2_gguf):
     """Real weights: SmolLM2-135M-Instruct Q4_1, dequantized by both sides."""
     hf = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(smollm2_gguf), gguf_file=os.path.basename(smollm2_gguf), torch_dtype=torch.float32)
+        os.path.dirname(smollm2_gguf), gguf_file=os.path.basename(smollm2_gguf), dtype=torch.float32)
     tok = smollm2.get_tokenizer()
     questions = ["What is 7 times 8?", "Solve for x: 2x + 3 = 11. Show your steps.",
                  "Name the largest planet in the solar system."]
