@@ -86,14 +86,17 @@ def test_sharded_safetensors(tmp_path):
     check_parity(llm, hf, random_prompts(384, lengths=(12,)), logit_tol=1e-4)
 
 
-def test_bfloat16_runs_close_to_float32(tiny_llama):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_runs_close_to_float32(tiny_llama, dtype):
     llm32 = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=1024)
-    llm16 = LLM(tiny_llama, dtype="bfloat16", device="cpu", kv_cache_tokens=1024)
+    llm16 = LLM(tiny_llama, dtype=dtype, device="cpu", kv_cache_tokens=1024)
     p = random_prompts(384, lengths=(30,))[0]
     a = llm32.model.compute_logits(llm32.encode([p])[0])
     b = llm16.model.compute_logits(llm16.encode([p])[0])
-    assert llm16.runner.kv_cache.dtype == torch.bfloat16
+    assert llm16.runner.kv_cache.dtype == getattr(torch, dtype)
     assert ((a - b).norm() / a.norm()).item() < 5e-2
+    out = llm16.generate({"prompt_token_ids": p}, SamplingParams(n=3, temperature=0.8, max_tokens=8, seed=0))
+    assert all(len(o.token_ids) >= 1 for o in out[0].outputs)
 
 
 def test_smollm2_gguf_matches_transformers(smollm2, smollm2_gguf):
