@@ -197,3 +197,22 @@ def test_engine_triton_backend_matches_torch_backend(tmp_path):
         llm.runner.cascade_min_work = 8      # make the cascade path run
         outs[backend] = [[o.token_ids for o in r.outputs] for r in llm.generate(prompts, sp)]
     assert outs["triton"] == outs["torch"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run by benchmarks/gpu_check.sh)")
+def test_cuda_graph_decode_matches_eager(tmp_path):
+    from tts_engine import LLM, SamplingParams
+    from tts_engine.random_model import save_random_model
+    save_random_model(str(tmp_path), dict(architectures=["LlamaForCausalLM"], vocab_size=384, hidden_size=128,
+                                          intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2, max_position_embeddings=512),
+                      dtype=torch.float32, std=0.1)
+    prompts = [{"prompt_token_ids": [random.randrange(4, 384) for _ in range(n)]} for n in (3, 17, 40, 5, 9)]
+    sp = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    outs = []
+    for eager in (True, False):
+        llm = LLM(str(tmp_path), dtype="float32", device="cuda", kv_cache_tokens=2048, enforce_eager=eager,
+                  max_num_seqs=32)
+        assert (llm.runner.graphs is None) == eager
+        outs.append([r.outputs[0].token_ids for r in llm.generate(prompts, sp)])
+    assert outs[0] == outs[1]

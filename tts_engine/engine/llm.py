@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any
 
 import torch
@@ -32,7 +33,8 @@ class LLM:
                  device: str | None = None, kv_cache_tokens: int | None = None, seed: int = 0,
                  enable_prefix_caching: bool = True, max_num_batched_tokens: int = 2048,
                  max_num_seqs: int = 256, max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.9, attention_backend: str = "auto"):
+                 gpu_memory_utilization: float = 0.9, attention_backend: str = "auto",
+                 enforce_eager: bool = False):
         if max_num_batched_tokens < 1 or max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -78,6 +80,12 @@ class LLM:
         self.kv_cache_tokens = kv_cache_tokens
         self.runner = ModelRunner(self.model, kv_cache_tokens, self.dtype, self.device)
         self.scheduler = Scheduler(kv_cache_tokens, max_num_batched_tokens, max_num_seqs, enable_prefix_caching)
+        if self.device.type == "cuda" and self.attention_backend == "triton" and not enforce_eager:
+            try:
+                self.runner.capture_decode_graphs(min(max_num_seqs, 256), min(self.max_model_len, kv_cache_tokens))
+            except RuntimeError as e:   # a failed or inexact capture only costs speed
+                warnings.warn(f"CUDA graphs disabled, decode runs eagerly: {e}")
+                self.runner.graphs = None
         self._rng = random.Random(seed)
         self._next_request = 0
         self._next_seq = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tts_engine.engine.cuda_graph import DecodeGraphs
 from tts_engine.engine.scheduler import ScheduledBatch
 from tts_engine.engine.sequence import Sequence
 from tts_engine.models.attention import AttentionMetadata
@@ -20,9 +21,12 @@ class ModelRunner:
         # 4 x 1024, 64 x 64) and costs up to 3x on small groups; 1024 won end to end on the CPU
         # beam benchmark (4 sharers x 358-650 tokens, SmolLM2's 9/3 heads). Re-measure on GPUs.
         self.cascade_min_work = cascade_min_work
-        # One tensor for the whole pool: [layers, K/V, slots, kv_heads, head_dim].
-        self.kv_cache = torch.zeros(cfg.num_layers, 2, num_slots, cfg.num_kv_heads, cfg.head_dim,
+        # One tensor for the whole pool: [layers, K/V, slots, kv_heads, head_dim]. The extra last
+        # slot belongs to no sequence: padding rows of CUDA-graph batches write there.
+        self.kv_cache = torch.zeros(cfg.num_layers, 2, num_slots + 1, cfg.num_kv_heads, cfg.head_dim,
                                     dtype=dtype, device=device)
+        self.scratch_slot = num_slots
+        self.graphs: DecodeGraphs | None = None
         for i, layer in enumerate(model.model.layers):
             layer.self_attn.attn.k_cache = self.kv_cache[i, 0]
             layer.self_attn.attn.v_cache = self.kv_cache[i, 1]
@@ -70,6 +74,10 @@ class ModelRunner:
         )
         return torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta, sample_rows, hidden_rows
 
+    def capture_decode_graphs(self, max_batch_size: int, max_model_len: int) -> None:
+        """Capture CUDA graphs of decode steps for batch sizes up to max_batch_size."""
+        self.graphs = DecodeGraphs(self.model, self.scratch_slot, max_batch_size, max_model_len, self.device)
+
     def cascade_groups(self, decode: list[Sequence]) -> tuple[tuple | None, list[int]]:
         """Group decoding sequences that hold the same tree node (the n samples of a request, the
         children of a beam) so each group's shared prefix is read once per step. Returns
@@ -102,6 +110,11 @@ class ModelRunner:
         """Forward the batch; return the sequences that sample now and their logits [n, vocab]
         (float32). Encode-only sequences get their requested hidden states instead."""
         input_ids, positions, meta, rows, hidden_rows = self.prepare(batch)
+        if self.graphs is not None and not batch.prefill and meta.cascade_rows is None \
+                and self.graphs.can_run(len(batch.decode)):
+            logits = self.graphs.run(input_ids, positions, meta.slot_mapping, meta.decode_block_table,
+                                     meta.decode_kv_lens)
+            return list(batch.decode), logits
         hidden = self.model(input_ids, positions, meta)
         for seq, p, row in hidden_rows:
             seq.hidden_states[p] = hidden[row].clone()
