@@ -49,7 +49,6 @@ __global__ void top_k_top_p_sample_kernel(const float* __restrict__ logits, int6
                                           const float* __restrict__ uniform,
                                           int64_t* __restrict__ out) {
   __shared__ float scratch[32];
-  __shared__ int64_t chosen;
   const int64_t row = blockIdx.x;
   const float* l = logits + row * vocab;
   const float inv_t = 1.f / temperature[row];
@@ -106,18 +105,21 @@ __global__ void top_k_top_p_sample_kernel(const float* __restrict__ logits, int6
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) { const float p = prob(i); kept += p >= t ? p : 0.f; }
   kept = block_reduce<false>(kept, scratch);
 
-  // Inverse CDF in index order: walk the row in chunks of blockDim, scanning each chunk.
+  // Inverse CDF in index order: the first kept token whose running sum exceeds u * kept. Walk
+  // the row in chunks of blockDim, scanning each chunk; the first match wins by atomicMin, so
+  // rounding at chunk or warp boundaries can neither skip a token nor pick two.
   const float target = uniform[row] * kept;
-  if (threadIdx.x == 0) chosen = -1;
-  float base = 0.f;
+  __shared__ unsigned long long chosen;
   __shared__ float warp_totals[32];
+  if (threadIdx.x == 0) chosen = ~0ull;
+  __syncthreads();
+  float base = 0.f;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int64_t start = 0; start < vocab; start += blockDim.x) {
     const int64_t i = start + threadIdx.x;
     float p = 0.f;
     if (i < vocab) { p = prob(i); if (p < t) p = 0.f; }
-    // inclusive scan inside the warp, then across warps
-    float x = p;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float x = p;   // inclusive scan inside the warp, then across warps
     for (int o = 1; o < 32; o <<= 1) { const float y = __shfl_up_sync(0xffffffffu, x, o); if (lane >= o) x += y; }
     if (lane == 31) warp_totals[warp] = x;
     __syncthreads();
@@ -127,18 +129,18 @@ __global__ void top_k_top_p_sample_kernel(const float* __restrict__ logits, int6
       warp_totals[lane] = w;
     }
     __syncthreads();
-    const float incl = base + x + (warp > 0 ? warp_totals[warp - 1] : 0.f);
-    const float excl = incl - p;
-    if (p > 0.f && excl <= target && target < incl) chosen = i;   // at most one thread matches
+    const float incl = base + (warp > 0 ? warp_totals[warp - 1] : 0.f) + x;
+    if (p > 0.f && incl > target) atomicMin(&chosen, static_cast<unsigned long long>(i));
     base += warp_totals[(blockDim.x >> 5) - 1];
     __syncthreads();
-    if (chosen >= 0) break;
+    if (chosen != ~0ull) break;
   }
   if (threadIdx.x == 0) {
-    if (chosen < 0) {   // rounding pushed target past the last kept token: take the last kept one
-      for (int64_t i = vocab - 1; i >= 0; --i) if (prob(i) >= t) { chosen = i; break; }
+    int64_t pick = static_cast<int64_t>(chosen);
+    if (chosen == ~0ull) {   // rounding put target past the last kept token: take that token
+      for (int64_t i = vocab - 1; i >= 0; --i) if (prob(i) >= t) { pick = i; break; }
     }
-    out[row] = chosen;
+    out[row] = pick;
   }
 }
 

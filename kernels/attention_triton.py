@@ -24,6 +24,12 @@ import triton.language as tl
 UPCAST = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _precision(q: torch.Tensor) -> str:
+    # float32 models get full-precision dots (tl.dot would use TF32, ~1e-3 error); half types use
+    # their tensor-core path either way
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
@@ -60,7 +66,7 @@ def store_kv(k_cache, v_cache, k, v, slot_mapping) -> None:
 @triton.jit
 def _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stride_ch, offs_d, md, scale,
                   q_pos, window, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                  CAUSAL: tl.constexpr, UPCAST: tl.constexpr):
+                  CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """Online softmax of a [BLOCK_Q, BLOCK_D] query tile over keys start..end of one KV head, read
     through a slot list; with CAUSAL, row r sees only keys <= q_pos[r] (and > q_pos[r] - window
     when window > 0). Returns the normalised output and its LSE (-inf where nothing was seen)."""
@@ -75,7 +81,7 @@ def _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stri
         k = tl.load(kc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
         if UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
         ok = mn[None, :]
         if CAUSAL:
             ok = ok & (offs_n[None, :] <= q_pos[:, None])
@@ -90,7 +96,7 @@ def _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stri
         v = tl.load(vc_ptr + kv_off, mask=mn[:, None] & md[None, :], other=0.0)
         if UPCAST:
             v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
@@ -107,12 +113,13 @@ def _decode_partial_kernel(
         stride_qb, stride_qh, stride_cs, stride_ch, stride_tb,
         stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
         G: tl.constexpr, D: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLIT_OFFSET: tl.constexpr,
-        BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+        BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+        PRECISION: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     kv_len = tl.load(lens_ptr + b)
-    lo = 0
+    lo = kv_len * 0       # int64 like kv_len: the compiler rejects a branch that changes lo's type
     if window > 0:
         lo = tl.maximum(kv_len - window, 0)
     per = tl.cdiv(kv_len - lo, NUM_SPLITS)
@@ -130,7 +137,7 @@ def _decode_partial_kernel(
         q = q.to(tl.float32)
 
     out, lse = _attend_slots(q, kc_ptr, vc_ptr, table_ptr + b * stride_tb, start, end, kvh, stride_cs, stride_ch,
-                             offs_d, md, scale, offs_g, 0, BLOCK_G, BLOCK_D, BLOCK_N, False, UPCAST)
+                             offs_d, md, scale, offs_g, 0, BLOCK_G, BLOCK_D, BLOCK_N, False, UPCAST, PRECISION)
     s_idx = SPLIT_OFFSET + split
     tl.store(part_out_ptr + b * stride_pb + heads[:, None] * stride_ph + s_idx * stride_ps + offs_d[None, :],
              out, mask=mg[:, None] & md[None, :])
@@ -147,7 +154,7 @@ def _prefix_partial_kernel(
         stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
         G: tl.constexpr, D: tl.constexpr, N_ROWS: tl.constexpr, NUM_SPLITS: tl.constexpr,
         SPLIT_OFFSET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-        UPCAST: tl.constexpr):
+        UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     # One program: one group, one KV head, one tile of BLOCK_M (row, query head) pairs, one split
     # of the prefix. The prefix K/V tile is loaded once and used by every query of the tile.
     grp = tl.program_id(0)
@@ -176,7 +183,7 @@ def _prefix_partial_kernel(
         q = q.to(tl.float32)
 
     out, lse = _attend_slots(q, kc_ptr, vc_ptr, table_ptr + grp * stride_tg, start, end, kvh, stride_cs, stride_ch,
-                             offs_d, md, scale, offs_m, 0, BLOCK_M, BLOCK_D, BLOCK_N, False, UPCAST)
+                             offs_d, md, scale, offs_m, 0, BLOCK_M, BLOCK_D, BLOCK_N, False, UPCAST, PRECISION)
     s_idx = SPLIT_OFFSET + split
     tl.store(part_out_ptr + rows[:, None] * stride_pb + heads[:, None] * stride_ph + s_idx * stride_ps
              + offs_d[None, :], out, mask=mm[:, None] & md[None, :])
@@ -220,7 +227,7 @@ def _launch_decode(q, k_cache, v_cache, table, lens, scale, window, part_out, pa
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), table.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
         G=g, D=d, NUM_SPLITS=num_splits, SPLIT_OFFSET=offset,
-        BLOCK_G=_pow2(g), BLOCK_D=_pow2(d), BLOCK_N=block_n, UPCAST=UPCAST)
+        BLOCK_G=_pow2(g), BLOCK_D=_pow2(d), BLOCK_N=block_n, UPCAST=UPCAST, PRECISION=_precision(q))
 
 
 def _reduce(part_out, part_lse, q):
@@ -273,7 +280,7 @@ def cascade_decode_attention(q, k_cache, v_cache, suffix_table, suffix_lens, pre
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), prefix_table.stride(0), group_rows.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
         G=g, D=d, N_ROWS=n_rows, NUM_SPLITS=p_splits, SPLIT_OFFSET=s_splits,
-        BLOCK_M=block_m, BLOCK_D=_pow2(d), BLOCK_N=block_n, UPCAST=UPCAST)
+        BLOCK_M=block_m, BLOCK_D=_pow2(d), BLOCK_N=block_n, UPCAST=UPCAST, PRECISION=_precision(q))
     return _reduce(part_out, part_lse, q)[0]
 
 
@@ -284,7 +291,8 @@ def _extend_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, table_ptr, qstart_ptr, qlens_
                    scale, window,
                    stride_qt, stride_qh, stride_ot, stride_oh, stride_cs, stride_ch, stride_tb,
                    G: tl.constexpr, D: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+                   PRECISION: tl.constexpr):
     # One program: BLOCK_M new tokens of one sequence, one query head. Keys run from the cached
     # prefix (through the slot table) into the new tokens, causally, in one online softmax.
     b = tl.program_id(0)
@@ -307,11 +315,11 @@ def _extend_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, table_ptr, qstart_ptr, qlens_
     if UPCAST:
         q = q.to(tl.float32)
     hi = tl.minimum(kv_len, kv_len - q_len + (mblk + 1) * BLOCK_M)
-    lo = 0
+    lo = kv_len * 0       # int64 like kv_len: the compiler rejects a branch that changes lo's type
     if window > 0:
         lo = tl.maximum(kv_len - q_len + mblk * BLOCK_M - window + 1, 0)
     out, _ = _attend_slots(q, kc_ptr, vc_ptr, table_ptr + b * stride_tb, lo, hi, kvh, stride_cs, stride_ch,
-                           offs_d, md, scale, q_pos, window, BLOCK_M, BLOCK_D, BLOCK_N, True, UPCAST)
+                           offs_d, md, scale, q_pos, window, BLOCK_M, BLOCK_D, BLOCK_N, True, UPCAST, PRECISION)
     tl.store(out_ptr + tok[:, None] * stride_ot + h * stride_oh + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=mm[:, None] & md[None, :])
 
@@ -331,5 +339,5 @@ def extend_attention(q, k_cache, v_cache, block_table, q_start, q_lens, kv_lens,
     _extend_kernel[grid](q, k_cache, v_cache, out, block_table, q_start, q_lens, kv_lens, scale, sliding_window or 0,
                          q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1),
                          block_table.stride(0), G=h // hkv, D=d, BLOCK_M=block_m, BLOCK_D=_pow2(d), BLOCK_N=block_n,
-                         UPCAST=UPCAST)
+                         UPCAST=UPCAST, PRECISION=_precision(q))
     return out
