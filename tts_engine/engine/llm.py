@@ -230,6 +230,9 @@ class LLM:
         if len(rows) > logits.shape[0]:
             logits = logits[rows]
         tokens, logprobs = sample(logits, seqs)
+        # one gather and one device-to-host copy for the whole batch
+        index = torch.tensor(tokens, dtype=torch.long, device=logprobs.device)[:, None]
+        chosen = logprobs.gather(1, index)[:, 0].tolist()
         finished = 0
         for seq, _, end in batch.prefill:
             if seq.hidden_positions is not None and end == len(seq):
@@ -237,17 +240,16 @@ class LLM:
                 self.scheduler.finish(seq)
                 finished += 1
         for i, (seq, tok) in enumerate(zip(seqs, tokens)):
-            self._append(seq, tok, logprobs[i])
+            self._append(seq, tok, chosen[i], logprobs[i])
             if seq.finish_reason is not None:
                 self.scheduler.finish(seq)
                 finished += 1
         return finished
 
-    def _append(self, seq: Sequence, token: int, logprobs: torch.Tensor) -> None:
+    def _append(self, seq: Sequence, token: int, lp: float, logprobs: torch.Tensor) -> None:
         p = seq.params
         seq.token_ids.append(token)
         self._generated += 1
-        lp = float(logprobs[token])
         seq.cumulative_logprob += lp
         if seq.logprobs is not None:
             entry = {token: lp}
