@@ -108,9 +108,6 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def convert_ids_to_tokens(self, ids: list[int]) -> list[str | None]:
-        return [self._tok.id_to_token(i) for i in ids]
-
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 

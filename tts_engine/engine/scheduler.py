@@ -19,10 +19,6 @@ class ScheduledBatch:
     decode: list[Sequence] = field(default_factory=list)       # one new token each
     prefill: list[tuple[Sequence, int, int]] = field(default_factory=list)   # (seq, start, end) tokens to compute
 
-    @property
-    def num_tokens(self) -> int:
-        return len(self.decode) + sum(e - s for _, s, e in self.prefill)
-
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)
 
