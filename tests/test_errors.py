@@ -138,3 +138,9 @@ def test_interrupted_generate_leaves_engine_consistent(tiny_llama):
     llm.runner.run = real_run
     assert llm.stats()["kv_tokens_in_use"] == 0 and not llm.scheduler.has_work()
     assert [[o.token_ids for o in r.outputs] for r in llm.generate(prompts, sp)] == expected
+
+
+def test_encode_rejects_bad_positions_without_queueing_anything(llm):
+    with pytest.raises(ValueError, match="positions must be"):
+        llm.encode([[5, 6, 7], [8, 9]], positions=[[0, 2], [5]])
+    assert not llm.scheduler.has_work()

@@ -156,12 +156,13 @@ class LLM:
             raise ValueError(f"got {len(positions)} position lists for {len(prompts)} prompts")
         params = SamplingParams(max_tokens=1)
         seqs = []
-        for ids, pos in zip(prompts, positions):
+        for ids, pos in zip(prompts, positions):   # validate everything before queueing anything
             _, _, (seq,) = self._make_request({"prompt_token_ids": ids}, params)
             if not pos or any(not 0 <= p < len(ids) for p in pos):
                 raise ValueError(f"positions must be a non-empty list within [0, {len(ids)}), got {pos!r:.80}")
             seq.hidden_positions = sorted(set(pos))
             seqs.append((seq, pos))
+        for seq, _ in seqs:
             self.scheduler.add([seq])
         self._run_to_completion(len(seqs), use_tqdm=False)
         return [torch.stack([s.hidden_states[p] for p in pos]) for s, pos in seqs]
