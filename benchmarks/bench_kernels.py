@@ -48,8 +48,8 @@ def make_case(n_seqs, prefix, own, hq, hkv, d, dtype, device):
     full = torch.cat([shared.expand(n_seqs, prefix), mine], dim=1)
     q = torch.randn(n_seqs, hq, d, device=device, dtype=dtype)
     lens = torch.full((n_seqs,), prefix + own, device=device)
-    cascade = (mine, torch.full((n_seqs,), own, device=device), shared[None], torch.tensor([prefix], device=device),
-               torch.arange(n_seqs, device=device)[None])
+    cascade = (mine, torch.full((n_seqs,), own, device=device),
+               [(shared[None], torch.tensor([prefix], device=device), torch.arange(n_seqs, device=device)[None])])
     return q, kc, vc, full, lens, cascade
 
 

@@ -107,14 +107,18 @@ def merge_attention(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tenso
 
 
 def cascade_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                             suffix_table: torch.Tensor, suffix_lens: torch.Tensor, prefix_table: torch.Tensor,
-                             prefix_lens: torch.Tensor, group_rows: torch.Tensor, scale: float) -> torch.Tensor:
-    """Decode attention where sequences share prefixes: each group's prefix is attended once for
-    the group (shared_prefix_attention), each sequence's own suffix (suffix_lens[b] >= 1 slots of
-    its suffix_table row) separately, and the two are merged by LSE."""
-    out_s, lse_s = decode_attention(q, k_cache, v_cache, suffix_table, suffix_lens, scale, return_lse=True)
-    out_p, lse_p = shared_prefix_attention(q, k_cache, v_cache, prefix_table, prefix_lens, group_rows, scale)
-    return merge_attention(out_p, lse_p, out_s, lse_s)[0]
+                             suffix_table: torch.Tensor, suffix_lens: torch.Tensor,
+                             levels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], scale: float) -> torch.Tensor:
+    """Decode attention where sequences share prefixes, possibly at several depths (the problem
+    prompt for all beams, then each beam's own steps for its children). Each level is a
+    (prefix_table, prefix_lens, group_rows) triple for shared_prefix_attention, with no row in two
+    groups of one level; the levels cover consecutive, disjoint stretches of each row's context and
+    the suffix table (suffix_lens[b] >= 1 slots) the rest. All parts are merged by LSE."""
+    out, lse = decode_attention(q, k_cache, v_cache, suffix_table, suffix_lens, scale, return_lse=True)
+    for prefix_table, prefix_lens, group_rows in levels:
+        out_p, lse_p = shared_prefix_attention(q, k_cache, v_cache, prefix_table, prefix_lens, group_rows, scale)
+        out, lse = merge_attention(out_p, lse_p, out, lse)
+    return out
 
 
 def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,

@@ -257,30 +257,35 @@ def decode_attention(q, k_cache, v_cache, block_table, kv_lens, scale, sliding_w
     return (out, lse) if return_lse else out
 
 
-def cascade_decode_attention(q, k_cache, v_cache, suffix_table, suffix_lens, prefix_table, prefix_lens, group_rows,
-                             scale, block_n: int = 32, block_m: int = 64):
-    """Decode attention where sequences share prefixes (see attention_ref.cascade_decode_attention).
-    Each group's prefix is read once per (KV head, query tile) for all its queries."""
+def cascade_decode_attention(q, k_cache, v_cache, suffix_table, suffix_lens, levels, scale, block_n: int = 32,
+                             block_m: int = 64):
+    """Decode attention where sequences share prefixes at one or more levels (see
+    attention_ref.cascade_decode_attention). Each group's prefix is read once per (KV head, query
+    tile) for all its queries; every level writes its own partials, one reduce merges them all."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
     g = h // hkv
     if q.stride(2) != 1:
         q = q.contiguous()
     s_splits = _num_splits(suffix_table.shape[1], block_n)
-    p_splits = _num_splits(prefix_table.shape[1], block_n)
-    part_out = torch.zeros(b, h, s_splits + p_splits, d, dtype=torch.float32, device=q.device)
-    part_lse = torch.full((b, h, s_splits + p_splits), float("-inf"), dtype=torch.float32, device=q.device)
+    p_splits = [_num_splits(table.shape[1], block_n) for table, _, _ in levels]
+    total = s_splits + sum(p_splits)
+    part_out = torch.zeros(b, h, total, d, dtype=torch.float32, device=q.device)
+    part_lse = torch.full((b, h, total), float("-inf"), dtype=torch.float32, device=q.device)
     _launch_decode(q, k_cache, v_cache, suffix_table, suffix_lens, scale, None, part_out, part_lse, s_splits, 0,
                    block_n)
-    ng, n_rows = group_rows.shape
-    block_m = min(block_m, _pow2(n_rows * g))
-    num_m = triton.cdiv(n_rows * g, block_m)
-    _prefix_partial_kernel[(ng, hkv * num_m, p_splits)](
-        q, k_cache, v_cache, prefix_table, prefix_lens, group_rows, part_out, part_lse, scale,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), prefix_table.stride(0), group_rows.stride(0),
-        part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
-        G=g, D=d, N_ROWS=n_rows, NUM_SPLITS=p_splits, SPLIT_OFFSET=s_splits,
-        BLOCK_M=block_m, BLOCK_D=_pow2(d), BLOCK_N=block_n, UPCAST=UPCAST, PRECISION=_precision(q))
+    offset = s_splits
+    for (prefix_table, prefix_lens, group_rows), splits in zip(levels, p_splits):
+        ng, n_rows = group_rows.shape
+        bm = min(block_m, _pow2(n_rows * g))
+        num_m = triton.cdiv(n_rows * g, bm)
+        _prefix_partial_kernel[(ng, hkv * num_m, splits)](
+            q, k_cache, v_cache, prefix_table, prefix_lens, group_rows, part_out, part_lse, scale,
+            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), prefix_table.stride(0),
+            group_rows.stride(0), part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0),
+            part_lse.stride(1), G=g, D=d, N_ROWS=n_rows, NUM_SPLITS=splits, SPLIT_OFFSET=offset,
+            BLOCK_M=bm, BLOCK_D=_pow2(d), BLOCK_N=block_n, UPCAST=UPCAST, PRECISION=_precision(q))
+        offset += splits
     return _reduce(part_out, part_lse, q)[0]
 
 

@@ -112,3 +112,28 @@ def test_encode_reuses_the_cached_prefix(tiny_llama):
     tail = llm.model.compute_logits(llm.encode([ids], positions=[[50, 59]])[0])
     assert llm.stats()["computed_prompt_tokens"] == 10
     assert (tail - full[[50, 59]]).abs().max().item() < 1e-4
+
+
+def test_two_level_cascade_matches_plain_decode(long_ctx_model):
+    """Beam-search shape: two beams extending one prompt, two samples each. Decode reads the prompt
+    once for all four (level 1) and each beam's step once for its two children (level 2)."""
+    prompt = [random.randrange(4, 384) for _ in range(120)]
+    beams = [prompt + [random.randrange(4, 384) for _ in range(9)] for _ in range(2)]
+    sp = SamplingParams(n=2, temperature=1.0, max_tokens=12, ignore_eos=True, seed=5)
+    results, levels_seen = [], []
+    for work in (None, 1):
+        llm = LLM(long_ctx_model, dtype="float32", device="cpu", kv_cache_tokens=4096)
+        llm.generate({"prompt_token_ids": prompt}, SamplingParams(max_tokens=1))   # cache the prompt
+        llm.runner.cascade_min_work = work
+        real = llm.runner.cascade_groups
+
+        def spy(decode, real=real):
+            levels, starts = real(decode)
+            levels_seen.append(0 if levels is None else len(levels))
+            return levels, starts
+
+        llm.runner.cascade_groups = spy
+        results.append([[o.token_ids for o in r.outputs] for r in
+                        llm.generate([{"prompt_token_ids": b} for b in beams], sp)])
+    assert results[0] == results[1]
+    assert 2 in levels_seen

@@ -72,40 +72,51 @@ def test_decode_attention_sliding_window():
     assert rel_err(out, expected) < 1e-5
 
 
+def _pad_stack(parts: list[torch.Tensor]) -> torch.Tensor:
+    width = max(len(p) for p in parts)
+    return torch.stack([torch.nn.functional.pad(p, (0, width - len(p))) for p in parts])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("h,hkv", HEADS)
 @pytest.mark.parametrize("d", [64, 128])
 def test_cascade_decode_attention(dtype, h, hkv, d):
-    """Groups sharing prefixes of different depths (one sequence in no group), checked against
-    plain decode over each sequence's whole context."""
-    slots = 600
+    """Two levels, as in beam search: a root prompt shared by rows 0-8, then groups sharing
+    prefixes of different depths past it (one group of a single row's depth 1, row 6 in no
+    group), and row 9 sharing nothing; checked against plain decode over each whole context."""
+    slots = 700
     kc, vc = make_pool(slots, hkv, d, dtype)
     perm = torch.randperm(slots, device=DEVICE)
-    prefix_lens = [random.randint(20, 120), random.randint(1, 19), 67]
-    groups = [[0, 3, 4], [1, 5], [2, 6, 7, 8]]            # row 9 shares nothing
-    prefixes, used = [], 0
-    for n in prefix_lens:
-        prefixes.append(perm[used:used + n])
-        used += n
-    suffix_lens = [random.randint(1, 30) for _ in range(10)]
-    suffixes = []
-    for n in suffix_lens:
-        suffixes.append(perm[used:used + n])
-        used += n
+    taken = 0
+
+    def take(n):
+        nonlocal taken
+        taken += n
+        return perm[taken - n:taken]
+
+    root = take(random.randint(1, 90))
+    group_lens = [random.randint(20, 120), 1, 67]
+    groups = [[0, 3, 4], [1, 5], [2, 7, 8]]
+    prefixes = [take(n) for n in group_lens]
+    suffixes = [take(random.randint(1, 30)) for _ in range(10)]
     group_of = {r: g for g, rows in enumerate(groups) for r in rows}
-    full = [torch.cat([prefixes[group_of[r]], suffixes[r]]) if r in group_of else suffixes[r] for r in range(10)]
+    full = []
+    for r in range(10):
+        parts = ([root] if r < 9 else []) + ([prefixes[group_of[r]]] if r in group_of else []) + [suffixes[r]]
+        full.append(torch.cat(parts))
     full_lens = torch.tensor([len(f) for f in full], device=DEVICE)
-    full_table = torch.stack([torch.nn.functional.pad(f, (0, int(full_lens.max()) - len(f))) for f in full])
-    suffix_table = torch.stack([torch.nn.functional.pad(s, (0, max(suffix_lens) - len(s))) for s in suffixes])
-    prefix_table = torch.stack([torch.nn.functional.pad(p, (0, max(prefix_lens) - len(p))) for p in prefixes])
-    rows = torch.tensor([g + [-1] * (4 - len(g)) for g in groups], device=DEVICE)
     q = torch.randn(10, h, d, device=DEVICE).to(dtype)
-    args = (torch.tensor(suffix_lens, device=DEVICE), prefix_table, torch.tensor(prefix_lens, device=DEVICE), rows)
-    out = tri.cascade_decode_attention(q, kc, vc, suffix_table, *args, d ** -0.5)
-    expected = ref.decode_attention(*f64(q, kc, vc), full_table, full_lens, d ** -0.5)
+    levels = [
+        (root[None], torch.tensor([len(root)], device=DEVICE), torch.tensor([list(range(9))], device=DEVICE)),
+        (_pad_stack(prefixes), torch.tensor(group_lens, device=DEVICE),
+         torch.tensor([g + [-1] * (3 - len(g)) for g in groups], device=DEVICE)),
+    ]
+    suffix_args = (_pad_stack(suffixes), torch.tensor([len(s) for s in suffixes], device=DEVICE), levels)
+    expected = ref.decode_attention(*f64(q, kc, vc), _pad_stack(full), full_lens, d ** -0.5)
+    out = tri.cascade_decode_attention(q, kc, vc, *suffix_args, d ** -0.5)
     assert rel_err(out, expected) < TOL[dtype]
-    # the torch reference of the cascade path agrees too
-    assert rel_err(ref.cascade_decode_attention(*f64(q, kc, vc), suffix_table, *args, d ** -0.5), expected) < 1e-10
+    # the torch reference of the cascade path agrees too, with one level or two
+    assert rel_err(ref.cascade_decode_attention(*f64(q, kc, vc), *suffix_args, d ** -0.5), expected) < 1e-10
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -41,7 +41,7 @@ class DecodeGraphs:
         empty = self.kv_lens[:0]
         return AttentionMetadata(
             slot_mapping=self.slot_mapping[:bs], num_decode=bs, decode_block_table=self.block_table[:bs],
-            decode_kv_lens=self.kv_lens[:bs], cascade_rows=None, prefix_table=None, prefix_lens=None,
+            decode_kv_lens=self.kv_lens[:bs], cascade_levels=None,
             prefill_block_table=self.block_table[:0], prefill_q_start=empty, prefill_q_lens=empty,
             prefill_kv_lens=empty, prefill_max_q_len=0)
 

@@ -54,7 +54,6 @@ class ModelRunner:
                 sample_rows.append(len(ids) - 1)
         dev = self.device
         cascade, starts = self.cascade_groups(batch.decode)
-        rows_t, prefix_table, prefix_lens = cascade or (None, None, None)
         block_table = _padded([s.slots[st:s.num_computed] for s, st in zip(batch.decode, starts)], dev)
         kv_lens = torch.tensor([s.num_computed - st for s, st in zip(batch.decode, starts)], dtype=torch.long,
                                device=dev)
@@ -63,9 +62,7 @@ class ModelRunner:
             num_decode=len(batch.decode),
             decode_block_table=block_table,
             decode_kv_lens=kv_lens,
-            cascade_rows=rows_t,
-            prefix_table=prefix_table,
-            prefix_lens=prefix_lens,
+            cascade_levels=cascade,
             prefill_block_table=_padded([seq.slots[:end] for seq, _, end in batch.prefill], dev),
             prefill_q_start=torch.tensor(q_start, dtype=torch.long, device=dev),
             prefill_q_lens=torch.tensor(q_lens, dtype=torch.long, device=dev),
@@ -78,39 +75,47 @@ class ModelRunner:
         """Capture CUDA graphs of decode steps for batch sizes up to max_batch_size."""
         self.graphs = DecodeGraphs(self.model, self.scratch_slot, max_batch_size, max_model_len, self.device)
 
-    def cascade_groups(self, decode: list[Sequence]) -> tuple[tuple | None, list[int]]:
-        """Group decoding sequences that hold the same tree node (the n samples of a request, the
-        children of a beam) so each group's shared prefix is read once per step. Returns
-        (rows [groups, max_size] padded with -1, prefix table, prefix lengths) or None, and per
-        sequence where its own part of the KV starts. Only groups of two or more whose sharers x
-        shared tokens reach `cascade_min_work` are formed."""
+    def cascade_groups(self, decode: list[Sequence]) -> tuple[list | None, list[int]]:
+        """Cascade levels for this decode step, and per sequence where its own part of the KV starts.
+        Level 1: the prefix all decoding sequences share (the problem prompt of a search).
+        Level 2: sequences holding the same tree node (the samples of a request, the children of a
+        beam) share what lies past it. A level's group is formed only when sharers x shared tokens
+        reach `cascade_min_work`; anything not in a group is read as the sequence's own suffix."""
         starts = [0] * len(decode)
-        if self.cascade_min_work is None or self.model.cfg.sliding_window is not None:
+        if self.cascade_min_work is None or self.model.cfg.sliding_window is not None or len(decode) < 2:
             return None, starts
+        levels = []
+        root = _common_prefix_len([s.slots[:s.num_tree] for s in decode])
+        if len(decode) * root >= self.cascade_min_work:
+            levels.append(self._level([list(range(len(decode)))], [decode[0].slots[:root]]))
+            starts = [root] * len(decode)
+        else:
+            root = 0
         by_node: dict[int, list[int]] = {}
         for i, s in enumerate(decode):
-            if s.num_tree:
+            if s.num_tree > root:
                 by_node.setdefault(id(s.node), []).append(i)
         groups = [rows for rows in by_node.values()
-                  if len(rows) >= 2 and len(rows) * decode[rows[0]].num_tree >= self.cascade_min_work]
-        if not groups:
-            return None, starts
+                  if len(rows) >= 2 and len(rows) * (decode[rows[0]].num_tree - root) >= self.cascade_min_work]
+        if groups:
+            levels.append(self._level(groups, [decode[r[0]].slots[root:decode[r[0]].num_tree] for r in groups]))
+            for rows in groups:
+                for i in rows:
+                    starts[i] = decode[rows[0]].num_tree
+        return levels or None, starts
+
+    def _level(self, groups: list[list[int]], prefixes: list[list[int]]):
+        """(prefix table, prefix lengths, rows padded with -1) of one cascade level."""
         width = max(len(r) for r in groups)
-        plen = [decode[r[0]].num_tree for r in groups]
-        dev = self.device
-        rows = torch.tensor([r + [-1] * (width - len(r)) for r in groups], device=dev)
-        table = _padded([decode[r[0]].slots[:n] for r, n in zip(groups, plen)], dev)
-        for r, n in zip(groups, plen):
-            for i in r:
-                starts[i] = n
-        return (rows, table, torch.tensor(plen, device=dev)), starts
+        rows = torch.tensor([r + [-1] * (width - len(r)) for r in groups], device=self.device)
+        return _padded(prefixes, self.device), torch.tensor([len(p) for p in prefixes], device=self.device), rows
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Forward the batch; return the sequences that sample now and their logits [n, vocab]
         (float32). Encode-only sequences get their requested hidden states instead."""
         input_ids, positions, meta, rows, hidden_rows = self.prepare(batch)
-        if self.graphs is not None and not batch.prefill and meta.cascade_rows is None \
+        if self.graphs is not None and not batch.prefill and meta.cascade_levels is None \
                 and self.graphs.can_run(len(batch.decode)):
             logits = self.graphs.run(input_ids, positions, meta.slot_mapping, meta.decode_block_table,
                                      meta.decode_kv_lens)
@@ -127,3 +132,16 @@ def _padded(rows: list[list[int]], device: torch.device) -> torch.Tensor:
     """Slot lists as one [len(rows), longest] tensor, padded with slot 0 (masked by lengths)."""
     width = max((len(r) for r in rows), default=1)
     return torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device).view(len(rows), width)
+
+
+def _common_prefix_len(lists: list[list[int]]) -> int:
+    """Length of the longest prefix shared by all lists (binary search over slice comparisons)."""
+    first = lists[0]
+    lo, hi = 0, min(len(x) for x in lists)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if all(x[:mid] == first[:mid] for x in lists[1:]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

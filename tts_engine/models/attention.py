@@ -18,12 +18,11 @@ class AttentionMetadata:
     num_decode: int                   # the first num_decode tokens are decode tokens, one per sequence
     decode_block_table: torch.Tensor  # [num_decode, max_kv] slots of each decoding sequence (padded)
     decode_kv_lens: torch.Tensor      # [num_decode] KV length including the new token
-    # Cascade decode (when cascade_rows is not None): group j shares the first prefix_lens[j]
-    # slots of prefix_table[j] among decode rows cascade_rows[j] (padded with -1); the block table
-    # and lengths above then cover only what follows each row's shared prefix.
-    cascade_rows: torch.Tensor | None
-    prefix_table: torch.Tensor | None
-    prefix_lens: torch.Tensor | None
+    # Cascade decode (when not None): levels of (prefix_table, prefix_lens, group_rows); group j
+    # of a level shares the first prefix_lens[j] slots of prefix_table[j] among decode rows
+    # group_rows[j] (padded with -1). The block table and lengths above then cover only what
+    # follows each row's deepest shared prefix.
+    cascade_levels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None
     # Prefill (extend): sequence j's new tokens are rows num_decode + prefill_q_start[j] ...
     prefill_block_table: torch.Tensor  # [num_prefill, max_kv] slots (cached prefix + new tokens)
     prefill_q_start: torch.Tensor      # [num_prefill] offset of its first new token after the decode rows
@@ -55,10 +54,10 @@ class Attention(torch.nn.Module):
         ops.store_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
         outs = []
         nd = meta.num_decode
-        if nd and meta.cascade_rows is not None:
+        if nd and meta.cascade_levels:
             outs.append(ops.cascade_decode_attention(
                 q[:nd], self.k_cache, self.v_cache, meta.decode_block_table, meta.decode_kv_lens,
-                meta.prefix_table, meta.prefix_lens, meta.cascade_rows, self.scale))
+                meta.cascade_levels, self.scale))
         elif nd:
             outs.append(ops.decode_attention(q[:nd], self.k_cache, self.v_cache, meta.decode_block_table,
                                              meta.decode_kv_lens, self.scale, self.sliding_window))
