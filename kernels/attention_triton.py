@@ -3,12 +3,12 @@
 Same signatures and layout as kernels/attention_ref.py (k_cache / v_cache: [slots, kv_heads, dim]).
 On the CPU they run under TRITON_INTERPRET=1 (tests); on CUDA they are the attention backend.
 
-Decode is split-KV ("flash decoding"): stage 1 gives each (sequence, KV head, split) program all
-query heads of that KV head as one tile, so K/V are read once per group and the products are
-tl.dot's; it writes a partial output and its LSE. Stage 2 merges the splits by log-sum-exp.
-Cascade decode adds more partials to the same buffer: one per split of each shared prefix,
-computed once for all the queries of the group, so the stage-2 reduce also does the
-prefix/suffix merge.
+Decode is split-KV ("flash decoding"). Stage 1 (one kernel) gives each (group, KV head, query
+tile, split) program the query heads of that KV head for every row of the group as one tile, so
+K/V are read once per tile and the products are tl.dot's; it writes a partial output and its LSE.
+Plain decode uses groups of one row over its own context; cascade decode adds groups of many
+rows over each shared prefix, writing more partials into the same buffer. Stage 2 merges all
+partials of a row by log-sum-exp, which is also the prefix/suffix merge.
 """
 from __future__ import annotations
 
@@ -104,69 +104,34 @@ def _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stri
     return out, lse
 
 
-# ---------------------------------------------------------------- decode, stage 1
+# ---------------------------------------------------------------- stage 1: partial attention
 
 @triton.jit
-def _decode_partial_kernel(
-        q_ptr, kc_ptr, vc_ptr, table_ptr, lens_ptr, part_out_ptr, part_lse_ptr,
+def _partial_kernel(
+        q_ptr, kc_ptr, vc_ptr, table_ptr, lens_ptr, rows_ptr, part_out_ptr, part_lse_ptr,
         scale, window,
-        stride_qb, stride_qh, stride_cs, stride_ch, stride_tb,
-        stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
-        G: tl.constexpr, D: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLIT_OFFSET: tl.constexpr,
-        BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
-        PRECISION: tl.constexpr):
-    b = tl.program_id(0)
-    kvh = tl.program_id(1)
-    split = tl.program_id(2)
-    kv_len = tl.load(lens_ptr + b)
-    lo = kv_len * 0       # int64 like kv_len: the compiler rejects a branch that changes lo's type
-    if window > 0:
-        lo = tl.maximum(kv_len - window, 0)
-    per = tl.cdiv(kv_len - lo, NUM_SPLITS)
-    start = lo + split * per
-    end = tl.minimum(start + per, kv_len)
-
-    offs_g = tl.arange(0, BLOCK_G)
-    offs_d = tl.arange(0, BLOCK_D)
-    mg = offs_g < G
-    md = offs_d < D
-    heads = kvh * G + offs_g
-    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=mg[:, None] & md[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-
-    out, lse = _attend_slots(q, kc_ptr, vc_ptr, table_ptr + b * stride_tb, start, end, kvh, stride_cs, stride_ch,
-                             offs_d, md, scale, offs_g, 0, BLOCK_G, BLOCK_D, BLOCK_N, False, UPCAST, PRECISION)
-    s_idx = SPLIT_OFFSET + split
-    tl.store(part_out_ptr + b * stride_pb + heads[:, None] * stride_ph + s_idx * stride_ps + offs_d[None, :],
-             out, mask=mg[:, None] & md[None, :])
-    tl.store(part_lse_ptr + b * stride_lb + heads * stride_lh + s_idx, lse, mask=mg)
-
-
-# ---------------------------------------------------------------- shared prefix, stage 1
-
-@triton.jit
-def _prefix_partial_kernel(
-        q_ptr, kc_ptr, vc_ptr, table_ptr, plens_ptr, rows_ptr, part_out_ptr, part_lse_ptr,
-        scale,
         stride_qb, stride_qh, stride_cs, stride_ch, stride_tg, stride_rg,
         stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
         G: tl.constexpr, D: tl.constexpr, N_ROWS: tl.constexpr, NUM_SPLITS: tl.constexpr,
         SPLIT_OFFSET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
         UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    # One program: one group, one KV head, one tile of BLOCK_M (row, query head) pairs, one split
-    # of the prefix. The prefix K/V tile is loaded once and used by every query of the tile.
+    # One program: one group of decode rows sharing the first lens[grp] slots of table row grp,
+    # one KV head, one tile of BLOCK_M (row, query head) pairs, one split of those slots. Plain
+    # decode is a group of one row over its own context; a shared prefix is a group of many, and
+    # each K/V tile is loaded once for every query of the tile.
     grp = tl.program_id(0)
     kvh_m = tl.program_id(1)
     split = tl.program_id(2)
     NUM_M: tl.constexpr = (N_ROWS * G + BLOCK_M - 1) // BLOCK_M
     kvh = kvh_m // NUM_M
     mblk = kvh_m % NUM_M
-    p_len = tl.load(plens_ptr + grp)
-    per = tl.cdiv(p_len, NUM_SPLITS)
-    start = split * per
-    end = tl.minimum(start + per, p_len)
+    length = tl.load(lens_ptr + grp)
+    lo = length * 0       # int64 like length: the compiler rejects a branch that changes lo's type
+    if window > 0:
+        lo = tl.maximum(length - window, 0)
+    per = tl.cdiv(length - lo, NUM_SPLITS)
+    start = lo + split * per
+    end = tl.minimum(start + per, length)
 
     offs_m = mblk * BLOCK_M + tl.arange(0, BLOCK_M)      # (row-in-group, head-in-group) pairs
     r_in = offs_m // G
@@ -218,16 +183,25 @@ def _num_splits(max_len: int, block_n: int) -> int:
     return max(1, min(16, triton.cdiv(max_len, 4 * block_n)))
 
 
-def _launch_decode(q, k_cache, v_cache, table, lens, scale, window, part_out, part_lse, num_splits, offset, block_n):
-    b, h, d = q.shape
-    hkv = k_cache.shape[1]
-    g = h // hkv
-    _decode_partial_kernel[(b, hkv, num_splits)](
-        q, k_cache, v_cache, table, lens, part_out, part_lse, scale, window or 0,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), table.stride(0),
+def _launch_partials(q, k_cache, v_cache, table, lens, group_rows, scale, window, part_out, part_lse, num_splits,
+                     offset, block_n, block_m=64):
+    """Stage 1 for groups of query rows (group_rows [groups, rows], padded with -1) over the first
+    lens[j] slots of table row j, into splits offset .. offset + num_splits of the partial buffers."""
+    h, d = q.shape[1], q.shape[2]
+    g = h // k_cache.shape[1]
+    ng, n_rows = group_rows.shape
+    bm = min(block_m, _pow2(n_rows * g))
+    _partial_kernel[(ng, k_cache.shape[1] * triton.cdiv(n_rows * g, bm), num_splits)](
+        q, k_cache, v_cache, table, lens, group_rows, part_out, part_lse, scale, window or 0,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), table.stride(0), group_rows.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
-        G=g, D=d, NUM_SPLITS=num_splits, SPLIT_OFFSET=offset,
-        BLOCK_G=_pow2(g), BLOCK_D=_pow2(d), BLOCK_N=block_n, UPCAST=UPCAST, PRECISION=_precision(q))
+        G=g, D=d, N_ROWS=n_rows, NUM_SPLITS=num_splits, SPLIT_OFFSET=offset,
+        BLOCK_M=bm, BLOCK_D=_pow2(d), BLOCK_N=block_n, UPCAST=UPCAST, PRECISION=_precision(q))
+
+
+def _own_rows(q: torch.Tensor) -> torch.Tensor:
+    """Each decode row as a group of its own: [[0], [1], ...]."""
+    return torch.arange(q.shape[0], device=q.device)[:, None]
 
 
 def _reduce(part_out, part_lse, q):
@@ -251,8 +225,8 @@ def decode_attention(q, k_cache, v_cache, block_table, kv_lens, scale, sliding_w
     splits = _num_splits(block_table.shape[1], block_n)
     part_out = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(b, h, splits, dtype=torch.float32, device=q.device)
-    _launch_decode(q, k_cache, v_cache, block_table, kv_lens, scale, sliding_window, part_out, part_lse, splits, 0,
-                   block_n)
+    _launch_partials(q, k_cache, v_cache, block_table, kv_lens, _own_rows(q), scale, sliding_window, part_out,
+                     part_lse, splits, 0, block_n)
     out, lse = _reduce(part_out, part_lse, q)
     return (out, lse) if return_lse else out
 
@@ -263,8 +237,6 @@ def cascade_decode_attention(q, k_cache, v_cache, suffix_table, suffix_lens, lev
     attention_ref.cascade_decode_attention). Each group's prefix is read once per (KV head, query
     tile) for all its queries; every level writes its own partials, one reduce merges them all."""
     b, h, d = q.shape
-    hkv = k_cache.shape[1]
-    g = h // hkv
     if q.stride(2) != 1:
         q = q.contiguous()
     s_splits = _num_splits(suffix_table.shape[1], block_n)
@@ -272,19 +244,12 @@ def cascade_decode_attention(q, k_cache, v_cache, suffix_table, suffix_lens, lev
     total = s_splits + sum(p_splits)
     part_out = torch.zeros(b, h, total, d, dtype=torch.float32, device=q.device)
     part_lse = torch.full((b, h, total), float("-inf"), dtype=torch.float32, device=q.device)
-    _launch_decode(q, k_cache, v_cache, suffix_table, suffix_lens, scale, None, part_out, part_lse, s_splits, 0,
-                   block_n)
+    _launch_partials(q, k_cache, v_cache, suffix_table, suffix_lens, _own_rows(q), scale, None, part_out, part_lse,
+                     s_splits, 0, block_n)
     offset = s_splits
     for (prefix_table, prefix_lens, group_rows), splits in zip(levels, p_splits):
-        ng, n_rows = group_rows.shape
-        bm = min(block_m, _pow2(n_rows * g))
-        num_m = triton.cdiv(n_rows * g, bm)
-        _prefix_partial_kernel[(ng, hkv * num_m, splits)](
-            q, k_cache, v_cache, prefix_table, prefix_lens, group_rows, part_out, part_lse, scale,
-            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), prefix_table.stride(0),
-            group_rows.stride(0), part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0),
-            part_lse.stride(1), G=g, D=d, N_ROWS=n_rows, NUM_SPLITS=splits, SPLIT_OFFSET=offset,
-            BLOCK_M=bm, BLOCK_D=_pow2(d), BLOCK_N=block_n, UPCAST=UPCAST, PRECISION=_precision(q))
+        _launch_partials(q, k_cache, v_cache, prefix_table, prefix_lens, group_rows, scale, None, part_out, part_lse,
+                         splits, offset, block_n, block_m)
         offset += splits
     return _reduce(part_out, part_lse, q)[0]
 

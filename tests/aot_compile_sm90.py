@@ -37,7 +37,7 @@ def main() -> int:
              dict(D=128, S=18, BLOCK_S=32, BLOCK_D=128)),
             ("extend", at._extend_kernel, attn,
              dict(G=4, D=128, BLOCK_M=32, BLOCK_D=128, BLOCK_N=32, UPCAST=False, PRECISION=precision)),
-            ("prefix", at._prefix_partial_kernel, attn,
+            ("partial: shared prefix", at._partial_kernel, attn,
              dict(G=4, D=64, N_ROWS=16, NUM_SPLITS=4, SPLIT_OFFSET=2, BLOCK_M=64, BLOCK_D=64, BLOCK_N=32,
                   UPCAST=False, PRECISION=precision)),
             ("rms_norm", et._rms_norm_kernel, dict(x_ptr=p, res_ptr=p, w_ptr=p, out_ptr=p, sum_ptr=p, eps="fp32"),
@@ -46,9 +46,9 @@ def main() -> int:
              dict(H=40, D=128, ROT=128, BLOCK_H=64, BLOCK_D=128)),
             ("silu_and_mul", et._silu_mul_kernel, dict(x_ptr=p, out_ptr=p), dict(N=8192, BLOCK=1024)),
         ]
-        for g, d in ((1, 64), (4, 128), (8, 64)):
-            cases.append((f"decode G={g} D={d}", at._decode_partial_kernel, {**attn, "table_ptr": "*i32"},
-                          dict(G=g, D=d, NUM_SPLITS=8, SPLIT_OFFSET=0, BLOCK_G=16, BLOCK_D=d, BLOCK_N=32,
+        for g, d in ((1, 64), (4, 128), (8, 64)):   # plain decode: one row per group, int32 graph table
+            cases.append((f"partial: decode G={g} D={d}", at._partial_kernel, {**attn, "table_ptr": "*i32"},
+                          dict(G=g, D=d, N_ROWS=1, NUM_SPLITS=8, SPLIT_OFFSET=0, BLOCK_M=16, BLOCK_D=d, BLOCK_N=32,
                                UPCAST=False, PRECISION=precision)))
         for name, fn, types, consts in cases:
             try:
