@@ -201,13 +201,9 @@ class Scheduler:
 
     def _release(self, seq: Sequence, keep_tokens: bool) -> None:
         """Hand the sequence's K/V to the cache (or free it) and drop its lock."""
-        private = seq.slots[seq.num_tree:]
-        if keep_tokens and self.enable_prefix_caching and seq.num_computed > seq.num_tree:
-            n = seq.num_computed
-            existed, _ = self.cache.insert(seq.token_ids[:n], seq.slots[:n])
-            # positions [num_tree, existed) were already cached by another sequence: ours are copies
-            private = seq.slots[seq.num_tree:max(existed, seq.num_tree)]
-        self.allocator.free(private)
+        if keep_tokens and self.enable_prefix_caching:
+            self.publish(seq)                          # afterwards no slot of seq is private
+        self.allocator.free(seq.slots[seq.num_tree:])
         self.cache.unlock(seq.node)
         seq.node, seq.slots, seq.num_computed, seq.num_tree = None, [], 0, 0
 
