@@ -1,13 +1,18 @@
 """Torch reference for paged attention over a token-granular KV pool (page size 1).
 
-Layout: k_cache / v_cache are [num_slots, num_kv_heads, head_dim]; a sequence's KV lives at the
-slots listed in its row of `block_table` ([batch, max_kv_len], padded). Query heads are grouped
-over KV heads (GQA): query head h reads KV head h // (num_heads // num_kv_heads). LSE is the
-natural-log log-sum-exp of the scaled scores.
+Layout: k_cache / v_cache are [num_slots, num_kv_heads, head_dim]. `slot_table` ([rows, width],
+int32 or int64) lists each running sequence's slots in its own row; it lives on the device for the
+engine's lifetime and only new entries are written each step (with page size 1, tables rebuilt
+every step would be as long as the contexts). Attention reads spans of it: (row, start column,
+length); entries past a span are stale and never read. Query heads are grouped over KV heads
+(GQA): query head h reads KV head h // (num_heads // num_kv_heads). LSE is the natural-log
+log-sum-exp of the scaled scores.
 
 These functions are the CPU backend and the oracles the Triton kernels are tested against.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,16 +52,27 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     block_table: torch.Tensor, kv_lens: torch.Tensor, scale: float,
-                     sliding_window: int | None = None, return_lse: bool = False):
-    """One query token per sequence, attending to the first kv_lens[b] slots of its row.
+def spans(slot_table: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, lens: torch.Tensor,
+          width: int) -> torch.Tensor:
+    """[n, width] slots: row i is slot_table[rows[i], starts[i] : starts[i] + lens[i]], padded
+    with slot 0 (table entries past a span are stale; callers mask the padding by length)."""
+    offs = torch.arange(width, device=starts.device)
+    cols = (starts[:, None] + offs).clamp_(max=slot_table.shape[1] - 1)
+    return slot_table[rows[:, None], cols].long().masked_fill_(offs >= lens[:, None], 0)
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_table: torch.Tensor,
+                     seq_rows: torch.Tensor, kv_starts: torch.Tensor, kv_lens: torch.Tensor, max_len: int,
+                     scale: float, sliding_window: int | None = None, return_lse: bool = False):
+    """One query token per sequence, attending to kv_lens[b] slots of slot_table row seq_rows[b]
+    from column kv_starts[b] on (max_len >= every kv_lens[b]).
     q: [batch, heads, dim] -> out [batch, heads, dim] (and lse [batch, heads] if asked)."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
-    k = gather(k_cache, block_table).transpose(1, 2)      # [b, hkv, s, d]
-    v = gather(v_cache, block_table).transpose(1, 2)
-    pos = torch.arange(block_table.shape[1], device=q.device)
+    table = spans(slot_table, seq_rows, kv_starts, kv_lens, max(max_len, 1))
+    k = gather(k_cache, table).transpose(1, 2)      # [b, hkv, s, d]
+    v = gather(v_cache, table).transpose(1, 2)
+    pos = torch.arange(table.shape[1], device=q.device)
     valid = pos[None, :] < kv_lens[:, None]
     if sliding_window is not None:
         valid &= pos[None, :] > (kv_lens[:, None] - 1 - sliding_window)
@@ -66,28 +82,39 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return (out, lse.reshape(b, h)) if return_lse else out
 
 
-def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                            prefix_table: torch.Tensor, prefix_lens: torch.Tensor, group_rows: torch.Tensor,
-                            scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode queries grouped under shared tree nodes attend to their node's prefix, whose K/V are
-    read once for the whole group. Group j owns the first prefix_lens[j] slots of prefix_table[j]
-    and the query rows group_rows[j] (padded with -1). q: [batch, heads, dim].
+@dataclass
+class CascadeLevel:
+    """Groups of decode rows that share a stretch of context: the rows group_rows[j] (padded with
+    -1) all read the lens[j] slots of slot_table row table_rows[j] from column starts[j] on."""
+    table_rows: torch.Tensor   # [groups]
+    starts: torch.Tensor       # [groups]
+    lens: torch.Tensor         # [groups]
+    group_rows: torch.Tensor   # [groups, max rows in a group]
+    max_len: int               # >= every lens[j]
+    work: torch.Tensor | None = None   # filled by the Triton backend on first use: its tile plan, reused by every layer
+
+
+def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_table: torch.Tensor,
+                            level: CascadeLevel, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode queries grouped under shared tree nodes attend to their group's span, whose K/V are
+    read once for the whole group. q: [batch, heads, dim].
     Returns (out [batch, heads, dim], lse [batch, heads]); rows in no group get lse = -inf."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
     g = h // hkv
-    ng, n = group_rows.shape
-    pad = group_rows < 0
+    ng, n = level.group_rows.shape
+    pad = level.group_rows < 0
     # all n*g query rows of a group's KV head face the same keys: one attention per (group, KV head)
-    qg = q[group_rows.masked_fill(pad, 0)].view(ng, n, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(ng, hkv, n * g, d)
-    k = gather(k_cache, prefix_table).transpose(1, 2)      # [ng, hkv, p, d]
-    v = gather(v_cache, prefix_table).transpose(1, 2)
-    valid = torch.arange(prefix_table.shape[1], device=q.device)[None, :] < prefix_lens[:, None]
+    qg = q[level.group_rows.masked_fill(pad, 0)].view(ng, n, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(ng, hkv, n * g, d)
+    table = spans(slot_table, level.table_rows, level.starts, level.lens, max(level.max_len, 1))
+    k = gather(k_cache, table).transpose(1, 2)      # [ng, hkv, p, d]
+    v = gather(v_cache, table).transpose(1, 2)
+    valid = torch.arange(table.shape[1], device=q.device)[None, :] < level.lens[:, None]
     out, lse = attention_with_lse(qg, k, v, valid[:, None, None, :], scale)
     out = out.view(ng, hkv, n, g, d).permute(0, 2, 1, 3, 4).reshape(ng * n, h, d)
     lse = lse.view(ng, hkv, n, g).permute(0, 2, 1, 3).reshape(ng * n, h)
     keep = ~pad.reshape(-1)
-    dest = group_rows.reshape(-1)[keep]
+    dest = level.group_rows.reshape(-1)[keep]
     full_out = torch.zeros(b, h, d, dtype=q.dtype, device=q.device)
     full_lse = torch.full((b, h), float("-inf"), dtype=lse.dtype, device=q.device)
     full_out[dest] = out[keep]
@@ -107,30 +134,32 @@ def merge_attention(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tenso
 
 
 def cascade_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                             suffix_table: torch.Tensor, suffix_lens: torch.Tensor,
-                             levels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], scale: float) -> torch.Tensor:
+                             slot_table: torch.Tensor, seq_rows: torch.Tensor, suffix_starts: torch.Tensor,
+                             suffix_lens: torch.Tensor, max_suffix_len: int, levels: list[CascadeLevel],
+                             scale: float) -> torch.Tensor:
     """Decode attention where sequences share prefixes, possibly at several depths (the problem
-    prompt for all beams, then each beam's own steps for its children). Each level is a
-    (prefix_table, prefix_lens, group_rows) triple for shared_prefix_attention, with no row in two
-    groups of one level; the levels cover consecutive, disjoint stretches of each row's context and
-    the suffix table (suffix_lens[b] >= 1 slots) the rest. All parts are merged by LSE."""
-    out, lse = decode_attention(q, k_cache, v_cache, suffix_table, suffix_lens, scale, return_lse=True)
-    for prefix_table, prefix_lens, group_rows in levels:
-        out_p, lse_p = shared_prefix_attention(q, k_cache, v_cache, prefix_table, prefix_lens, group_rows, scale)
+    prompt for all beams, then each beam's own steps for its children). No row is in two groups of
+    one level; the levels cover consecutive, disjoint stretches of each row's context and its
+    suffix span (suffix_lens[b] >= 1 slots) the rest. All parts are merged by LSE."""
+    out, lse = decode_attention(q, k_cache, v_cache, slot_table, seq_rows, suffix_starts, suffix_lens,
+                                max_suffix_len, scale, return_lse=True)
+    for level in levels:
+        out_p, lse_p = shared_prefix_attention(q, k_cache, v_cache, slot_table, level, scale)
         out, lse = merge_attention(out_p, lse_p, out, lse)
     return out
 
 
-def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
-                     q_start: torch.Tensor, q_lens: torch.Tensor, kv_lens: torch.Tensor, scale: float,
-                     sliding_window: int | None = None) -> torch.Tensor:
+def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_table: torch.Tensor,
+                     seq_rows: torch.Tensor, q_start: torch.Tensor, q_lens: torch.Tensor, kv_lens: torch.Tensor,
+                     scale: float, sliding_window: int | None = None) -> torch.Tensor:
     """New tokens of several sequences, packed in q ([tokens, heads, dim]; sequence b's are rows
-    q_start[b] .. q_start[b] + q_lens[b]), attend to the first kv_lens[b] slots of their
-    block-table row: the cached prefix, then the new tokens themselves (already stored), causally."""
+    q_start[b] .. q_start[b] + q_lens[b]), attend to the first kv_lens[b] slots of slot_table row
+    seq_rows[b]: the cached prefix, then the new tokens themselves (already stored), causally."""
     out = torch.empty_like(q)
-    for b, (s, n, kv_len) in enumerate(zip(q_start.tolist(), q_lens.tolist(), kv_lens.tolist())):
-        k = gather(k_cache, block_table[b, :kv_len]).transpose(0, 1)      # [hkv, kv_len, d]
-        v = gather(v_cache, block_table[b, :kv_len]).transpose(0, 1)
+    for s, n, kv_len, r in zip(q_start.tolist(), q_lens.tolist(), kv_lens.tolist(), seq_rows.tolist()):
+        slots = slot_table[r, :kv_len].long()
+        k = gather(k_cache, slots).transpose(0, 1)      # [hkv, kv_len, d]
+        v = gather(v_cache, slots).transpose(0, 1)
         q_pos = torch.arange(kv_len - n, kv_len, device=q.device)
         k_pos = torch.arange(kv_len, device=q.device)
         mask = k_pos[None, :] <= q_pos[:, None]

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tts_engine.kernels.attention_ref import CascadeLevel
+
 
 # Triton's CPU interpreter gets tl.dot wrong on bfloat16 tiles (numpy has no bfloat16), so there
 # the kernels upcast tiles to float32 before their dots; on a GPU they use bf16 tensor cores.
@@ -108,36 +110,46 @@ def _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stri
 
 @triton.jit
 def _partial_kernel(
-        q_ptr, kc_ptr, vc_ptr, table_ptr, lens_ptr, rows_ptr, part_out_ptr, part_lse_ptr,
-        scale, window,
-        stride_qb, stride_qh, stride_cs, stride_ch, stride_tg, stride_rg,
+        q_ptr, kc_ptr, vc_ptr, table_ptr, trow_ptr, tstart_ptr, tlen_ptr, rows_ptr, work_ptr,
+        part_out_ptr, part_lse_ptr, scale, window,
+        stride_qb, stride_qh, stride_cs, stride_ch, stride_t, stride_rg,
         stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
         G: tl.constexpr, D: tl.constexpr, N_ROWS: tl.constexpr, NUM_SPLITS: tl.constexpr,
-        SPLIT_OFFSET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-        UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    # One program: one group of decode rows sharing the first lens[grp] slots of table row grp,
-    # one KV head, one tile of BLOCK_M (row, query head) pairs, one split of those slots. Plain
-    # decode is a group of one row over its own context; a shared prefix is a group of many, and
-    # each K/V tile is loaded once for every query of the tile.
-    grp = tl.program_id(0)
-    kvh_m = tl.program_id(1)
+        SPLIT_OFFSET: tl.constexpr, HAS_WORK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    # One program: one tile of a group of decode rows that share the span (table row trow[grp],
+    # columns tstart[grp] .. + tlen[grp]), one KV head, one split of the span. The tile holds the
+    # query heads of that KV head for BLOCK_M // G rows of the group, so each K/V block is loaded
+    # once for all of them. Plain decode: every row is a group of one, program (row, head, split).
+    # Cascade levels: the work list names (group, first row) per tile; -1 entries pad it to a
+    # fixed length so that CUDA graphs can replay it.
+    w = tl.program_id(0)
+    kvh = tl.program_id(1)
     split = tl.program_id(2)
-    NUM_M: tl.constexpr = (N_ROWS * G + BLOCK_M - 1) // BLOCK_M
-    kvh = kvh_m // NUM_M
-    mblk = kvh_m % NUM_M
-    length = tl.load(lens_ptr + grp)
-    lo = length * 0       # int64 like length: the compiler rejects a branch that changes lo's type
+    if HAS_WORK:
+        grp = tl.load(work_ptr + 2 * w)
+        if grp < 0:
+            return
+        first = tl.load(work_ptr + 2 * w + 1)
+    else:
+        grp = w
+        first = 0
+    length = tl.load(tlen_ptr + grp)
+    lo = length * 0       # same int type as length: the compiler rejects a branch that changes lo's type
     if window > 0:
         lo = tl.maximum(length - window, 0)
     per = tl.cdiv(length - lo, NUM_SPLITS)
     start = lo + split * per
     end = tl.minimum(start + per, length)
+    slots_ptr = table_ptr + tl.load(trow_ptr + grp).to(tl.int64) * stride_t + tl.load(tstart_ptr + grp)
 
-    offs_m = mblk * BLOCK_M + tl.arange(0, BLOCK_M)      # (row-in-group, head-in-group) pairs
-    r_in = offs_m // G
+    offs_m = tl.arange(0, BLOCK_M)      # (row-in-tile, head-in-group) pairs
+    ROWS_PER_TILE: tl.constexpr = BLOCK_M // G
+    r_in = first + offs_m // G
     g_in = offs_m % G
-    rows = tl.load(rows_ptr + grp * stride_rg + r_in, mask=r_in < N_ROWS, other=-1)
-    mm = (r_in < N_ROWS) & (rows >= 0)
+    mm = (offs_m < ROWS_PER_TILE * G) & (r_in < N_ROWS)
+    rows = tl.load(rows_ptr + grp * stride_rg + r_in, mask=mm, other=-1)
+    mm = mm & (rows >= 0)
     rows = tl.where(mm, rows, 0).to(tl.int64)
     heads = kvh * G + g_in
     offs_d = tl.arange(0, BLOCK_D)
@@ -147,7 +159,7 @@ def _partial_kernel(
     if UPCAST:
         q = q.to(tl.float32)
 
-    out, lse = _attend_slots(q, kc_ptr, vc_ptr, table_ptr + grp * stride_tg, start, end, kvh, stride_cs, stride_ch,
+    out, lse = _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stride_ch,
                              offs_d, md, scale, offs_m, 0, BLOCK_M, BLOCK_D, BLOCK_N, False, UPCAST, PRECISION)
     s_idx = SPLIT_OFFSET + split
     tl.store(part_out_ptr + rows[:, None] * stride_pb + heads[:, None] * stride_ph + s_idx * stride_ps
@@ -180,23 +192,50 @@ def _reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr,
 
 def _num_splits(max_len: int, block_n: int) -> int:
     # enough splits to keep the GPU busy on long contexts, none wasted on short ones
-    return max(1, min(16, triton.cdiv(max_len, 4 * block_n)))
+    return max(1, min(MAX_SPLITS, triton.cdiv(max_len, 4 * block_n)))
 
 
-def _launch_partials(q, k_cache, v_cache, table, lens, group_rows, scale, window, part_out, part_lse, num_splits,
-                     offset, block_n, block_m=64):
-    """Stage 1 for groups of query rows (group_rows [groups, rows], padded with -1) over the first
-    lens[j] slots of table row j, into splits offset .. offset + num_splits of the partial buffers."""
+MAX_SPLITS = 16
+BLOCK_N = 32
+CASCADE_BLOCK_M = 64     # (row, query head) pairs per cascade tile
+
+
+def _tile_m(g: int, rows: int) -> int:
+    return min(CASCADE_BLOCK_M, _pow2(rows * g)) if rows > 1 else _pow2(g)
+
+
+def plan_level(level: CascadeLevel, batch: int, g: int) -> torch.Tensor:
+    """The work list of a cascade level: one (group, first row) pair per tile of BLOCK_M // g rows,
+    padded with -1 to groups + ceil(batch / rows per tile) entries, a length that depends only on
+    shapes (no host sync, so CUDA graphs capture it; rows of a level are disjoint, so that bounds it)."""
+    ng, width = level.group_rows.shape
+    per = _tile_m(g, width) // g
+    counts = (level.group_rows >= 0).sum(1)
+    tiles = (counts + per - 1) // per
+    ends = torch.cumsum(tiles, 0)
+    w = torch.arange(ng + triton.cdiv(batch, per), device=counts.device)
+    grp = torch.searchsorted(ends, w, right=True)
+    valid = grp < ng
+    grp = grp.clamp(max=ng - 1)
+    first = (w - (ends - tiles)[grp]) * per
+    return torch.stack([torch.where(valid, grp, -1), first], 1).to(torch.int32)
+
+
+def _launch_partials(q, k_cache, v_cache, slot_table, trows, tstarts, tlens, group_rows, work, scale, window,
+                     part_out, part_lse, num_splits, offset):
+    """Stage 1 over groups of query rows (group_rows [groups, rows], padded with -1) into splits
+    offset .. offset + num_splits of the partial buffers."""
     h, d = q.shape[1], q.shape[2]
     g = h // k_cache.shape[1]
-    ng, n_rows = group_rows.shape
-    bm = min(block_m, _pow2(n_rows * g))
-    _partial_kernel[(ng, k_cache.shape[1] * triton.cdiv(n_rows * g, bm), num_splits)](
-        q, k_cache, v_cache, table, lens, group_rows, part_out, part_lse, scale, window or 0,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), table.stride(0), group_rows.stride(0),
+    n_rows = group_rows.shape[1]
+    items = group_rows.shape[0] if work is None else work.shape[0]
+    _partial_kernel[(items, k_cache.shape[1], num_splits)](
+        q, k_cache, v_cache, slot_table, trows, tstarts, tlens, group_rows, trows if work is None else work,
+        part_out, part_lse, scale, window or 0,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), slot_table.stride(0), group_rows.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
-        G=g, D=d, N_ROWS=n_rows, NUM_SPLITS=num_splits, SPLIT_OFFSET=offset,
-        BLOCK_M=bm, BLOCK_D=_pow2(d), BLOCK_N=block_n, UPCAST=UPCAST, PRECISION=_precision(q))
+        G=g, D=d, N_ROWS=n_rows, NUM_SPLITS=num_splits, SPLIT_OFFSET=offset, HAS_WORK=work is not None,
+        BLOCK_M=_tile_m(g, n_rows), BLOCK_D=_pow2(d), BLOCK_N=BLOCK_N, UPCAST=UPCAST, PRECISION=_precision(q))
 
 
 def _own_rows(q: torch.Tensor) -> torch.Tensor:
@@ -216,40 +255,43 @@ def _reduce(part_out, part_lse, q):
     return out, lse
 
 
-def decode_attention(q, k_cache, v_cache, block_table, kv_lens, scale, sliding_window=None, return_lse=False,
-                     block_n: int = 32):
-    """One query token per sequence over its first kv_lens[b] slots. q: [batch, heads, dim]."""
+def decode_attention(q, k_cache, v_cache, slot_table, seq_rows, kv_starts, kv_lens, max_len, scale,
+                     sliding_window=None, return_lse=False):
+    """One query token per sequence over its span of the slot table (see attention_ref). q: [batch, heads, dim]."""
     b, h, d = q.shape
     if q.stride(2) != 1:
         q = q.contiguous()
-    splits = _num_splits(block_table.shape[1], block_n)
+    splits = _num_splits(max_len, BLOCK_N)
     part_out = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(b, h, splits, dtype=torch.float32, device=q.device)
-    _launch_partials(q, k_cache, v_cache, block_table, kv_lens, _own_rows(q), scale, sliding_window, part_out,
-                     part_lse, splits, 0, block_n)
+    _launch_partials(q, k_cache, v_cache, slot_table, seq_rows, kv_starts, kv_lens, _own_rows(q), None, scale,
+                     sliding_window, part_out, part_lse, splits, 0)
     out, lse = _reduce(part_out, part_lse, q)
     return (out, lse) if return_lse else out
 
 
-def cascade_decode_attention(q, k_cache, v_cache, suffix_table, suffix_lens, levels, scale, block_n: int = 32,
-                             block_m: int = 64):
+def cascade_decode_attention(q, k_cache, v_cache, slot_table, seq_rows, suffix_starts, suffix_lens, max_suffix_len,
+                             levels: list[CascadeLevel], scale):
     """Decode attention where sequences share prefixes at one or more levels (see
-    attention_ref.cascade_decode_attention). Each group's prefix is read once per (KV head, query
-    tile) for all its queries; every level writes its own partials, one reduce merges them all."""
+    attention_ref.cascade_decode_attention). Each group's span is read once per (KV head, tile)
+    for all its queries; every level writes its own partials, one reduce merges them all."""
     b, h, d = q.shape
     if q.stride(2) != 1:
         q = q.contiguous()
-    s_splits = _num_splits(suffix_table.shape[1], block_n)
-    p_splits = [_num_splits(table.shape[1], block_n) for table, _, _ in levels]
+    g = h // k_cache.shape[1]
+    s_splits = _num_splits(max_suffix_len, BLOCK_N)
+    p_splits = [_num_splits(level.max_len, BLOCK_N) for level in levels]
     total = s_splits + sum(p_splits)
     part_out = torch.zeros(b, h, total, d, dtype=torch.float32, device=q.device)
     part_lse = torch.full((b, h, total), float("-inf"), dtype=torch.float32, device=q.device)
-    _launch_partials(q, k_cache, v_cache, suffix_table, suffix_lens, _own_rows(q), scale, None, part_out, part_lse,
-                     s_splits, 0, block_n)
+    _launch_partials(q, k_cache, v_cache, slot_table, seq_rows, suffix_starts, suffix_lens, _own_rows(q), None, scale,
+                     None, part_out, part_lse, s_splits, 0)
     offset = s_splits
-    for (prefix_table, prefix_lens, group_rows), splits in zip(levels, p_splits):
-        _launch_partials(q, k_cache, v_cache, prefix_table, prefix_lens, group_rows, scale, None, part_out, part_lse,
-                         splits, offset, block_n, block_m)
+    for level, splits in zip(levels, p_splits):
+        if level.work is None:        # planned by the first layer, reused by the others
+            level.work = plan_level(level, b, g)
+        _launch_partials(q, k_cache, v_cache, slot_table, level.table_rows, level.starts, level.lens,
+                         level.group_rows, level.work, scale, None, part_out, part_lse, splits, offset)
         offset += splits
     return _reduce(part_out, part_lse, q)[0]
 
@@ -257,9 +299,9 @@ def cascade_decode_attention(q, k_cache, v_cache, suffix_table, suffix_lens, lev
 # ---------------------------------------------------------------- extend (prefill)
 
 @triton.jit
-def _extend_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, table_ptr, qstart_ptr, qlens_ptr, kvlens_ptr,
+def _extend_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, table_ptr, trow_ptr, qstart_ptr, qlens_ptr, kvlens_ptr,
                    scale, window,
-                   stride_qt, stride_qh, stride_ot, stride_oh, stride_cs, stride_ch, stride_tb,
+                   stride_qt, stride_qh, stride_ot, stride_oh, stride_cs, stride_ch, stride_t,
                    G: tl.constexpr, D: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
                    PRECISION: tl.constexpr):
@@ -288,13 +330,14 @@ def _extend_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, table_ptr, qstart_ptr, qlens_
     lo = kv_len * 0       # int64 like kv_len: the compiler rejects a branch that changes lo's type
     if window > 0:
         lo = tl.maximum(kv_len - q_len + mblk * BLOCK_M - window + 1, 0)
-    out, _ = _attend_slots(q, kc_ptr, vc_ptr, table_ptr + b * stride_tb, lo, hi, kvh, stride_cs, stride_ch,
+    slots_ptr = table_ptr + tl.load(trow_ptr + b).to(tl.int64) * stride_t
+    out, _ = _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, lo, hi, kvh, stride_cs, stride_ch,
                            offs_d, md, scale, q_pos, window, BLOCK_M, BLOCK_D, BLOCK_N, True, UPCAST, PRECISION)
     tl.store(out_ptr + tok[:, None] * stride_ot + h * stride_oh + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=mm[:, None] & md[None, :])
 
 
-def extend_attention(q, k_cache, v_cache, block_table, q_start, q_lens, kv_lens, scale, sliding_window=None,
+def extend_attention(q, k_cache, v_cache, slot_table, seq_rows, q_start, q_lens, kv_lens, scale, sliding_window=None,
                      max_q_len: int | None = None, block_m: int = 32, block_n: int = 32):
     """New tokens of several sequences (packed in q: [tokens, heads, dim]) attend to their cached
     prefix and causally to themselves; their own K/V are already stored."""
@@ -306,8 +349,8 @@ def extend_attention(q, k_cache, v_cache, block_table, q_start, q_lens, kv_lens,
     if max_q_len is None:
         max_q_len = int(q_lens.max())
     grid = (q_lens.shape[0], h, triton.cdiv(max_q_len, block_m))
-    _extend_kernel[grid](q, k_cache, v_cache, out, block_table, q_start, q_lens, kv_lens, scale, sliding_window or 0,
+    _extend_kernel[grid](q, k_cache, v_cache, out, slot_table, seq_rows, q_start, q_lens, kv_lens, scale, sliding_window or 0,
                          q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1),
-                         block_table.stride(0), G=h // hkv, D=d, BLOCK_M=block_m, BLOCK_D=_pow2(d), BLOCK_N=block_n,
+                         slot_table.stride(0), G=h // hkv, D=d, BLOCK_M=block_m, BLOCK_D=_pow2(d), BLOCK_N=block_n,
                          UPCAST=UPCAST, PRECISION=_precision(q))
     return out

@@ -29,7 +29,8 @@ def main() -> int:
         p = "*" + dt
         attn = dict(q_ptr=p, kc_ptr=p, vc_ptr=p, out_ptr=p, part_out_ptr="*fp32", part_lse_ptr="*fp32",
                     lens_ptr="*i64", plens_ptr="*i64", rows_ptr="*i64", qstart_ptr="*i64", qlens_ptr="*i64",
-                    kvlens_ptr="*i64", table_ptr="*i64", scale="fp32", window="i32")
+                    kvlens_ptr="*i64", table_ptr="*i32", trow_ptr="*i64", tstart_ptr="*i64", tlen_ptr="*i64",
+                    work_ptr="*i32", scale="fp32", window="i32")
         cases = [
             ("store_kv", at._store_kv_kernel, dict(k_ptr=p, v_ptr=p, kc_ptr=p, vc_ptr=p, slot_ptr="*i64"),
              dict(WIDTH=512, BLOCK=512)),
@@ -37,19 +38,22 @@ def main() -> int:
              dict(D=128, S=18, BLOCK_S=32, BLOCK_D=128)),
             ("extend", at._extend_kernel, attn,
              dict(G=4, D=128, BLOCK_M=32, BLOCK_D=128, BLOCK_N=32, UPCAST=False, PRECISION=precision)),
-            ("partial: shared prefix", at._partial_kernel, attn,
-             dict(G=4, D=64, N_ROWS=16, NUM_SPLITS=4, SPLIT_OFFSET=2, BLOCK_M=64, BLOCK_D=64, BLOCK_N=32,
-                  UPCAST=False, PRECISION=precision)),
+            ("partial: cascade level", at._partial_kernel, attn,
+             dict(G=4, D=64, N_ROWS=16, NUM_SPLITS=4, SPLIT_OFFSET=2, HAS_WORK=True, BLOCK_M=64, BLOCK_D=64,
+                  BLOCK_N=32, UPCAST=False, PRECISION=precision)),
+            ("partial: cascade level G=3", at._partial_kernel, attn,
+             dict(G=3, D=64, N_ROWS=256, NUM_SPLITS=16, SPLIT_OFFSET=16, HAS_WORK=True, BLOCK_M=64, BLOCK_D=64,
+                  BLOCK_N=32, UPCAST=False, PRECISION=precision)),
             ("rms_norm", et._rms_norm_kernel, dict(x_ptr=p, res_ptr=p, w_ptr=p, out_ptr=p, sum_ptr=p, eps="fp32"),
              dict(N=576, BLOCK=1024, HAS_RES=True)),
             ("rope", et._rope_kernel, dict(x_ptr=p, out_ptr=p, pos_ptr="*i64", cos_ptr="*fp32", sin_ptr="*fp32"),
              dict(H=40, D=128, ROT=128, BLOCK_H=64, BLOCK_D=128)),
             ("silu_and_mul", et._silu_mul_kernel, dict(x_ptr=p, out_ptr=p), dict(N=8192, BLOCK=1024)),
         ]
-        for g, d in ((1, 64), (4, 128), (8, 64)):   # plain decode: one row per group, int32 graph table
-            cases.append((f"partial: decode G={g} D={d}", at._partial_kernel, {**attn, "table_ptr": "*i32"},
-                          dict(G=g, D=d, N_ROWS=1, NUM_SPLITS=8, SPLIT_OFFSET=0, BLOCK_M=16, BLOCK_D=d, BLOCK_N=32,
-                               UPCAST=False, PRECISION=precision)))
+        for g, d in ((1, 64), (4, 128), (8, 64)):   # plain decode: one row per group
+            cases.append((f"partial: decode G={g} D={d}", at._partial_kernel, attn,
+                          dict(G=g, D=d, N_ROWS=1, NUM_SPLITS=8, SPLIT_OFFSET=0, HAS_WORK=False, BLOCK_M=16,
+                               BLOCK_D=d, BLOCK_N=32, UPCAST=False, PRECISION=precision)))
         for name, fn, types, consts in cases:
             try:
                 compile_kernel(fn, types, consts)

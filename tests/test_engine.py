@@ -114,26 +114,63 @@ def test_encode_reuses_the_cached_prefix(tiny_llama):
     assert (tail - full[[50, 59]]).abs().max().item() < 1e-4
 
 
-def test_two_level_cascade_matches_plain_decode(long_ctx_model):
-    """Beam-search shape: two beams extending one prompt, two samples each. Decode reads the prompt
-    once for all four (level 1) and each beam's step once for its two children (level 2)."""
-    prompt = [random.randrange(4, 384) for _ in range(120)]
-    beams = [prompt + [random.randrange(4, 384) for _ in range(9)] for _ in range(2)]
+def beam_tree_prompts() -> list[list[int]]:
+    """Beam-search shape after two rounds: one prompt, two beams of one step each, and two
+    children per beam with a step of their own."""
+    rand = lambda n: [random.randrange(4, 384) for _ in range(n)]   # noqa: E731
+    prompt = rand(120)
+    beams = [prompt + rand(9) for _ in range(2)]
+    return [b + rand(7) for b in beams for _ in range(2)]
+
+
+def run_with_levels(llm: LLM, prompts, sp) -> tuple[list, list[int]]:
+    """Outputs, and how many cascade levels each decode step used."""
+    seen, real = [], llm.runner.cascade_levels
+
+    def spy(decode):
+        levels, starts = real(decode)
+        seen.append(len(levels))
+        return levels, starts
+
+    llm.runner.cascade_levels = spy
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp)
+    return [[o.token_ids for o in r.outputs] for r in outs], seen
+
+
+def test_multi_level_cascade_matches_plain_decode(long_ctx_model):
+    """Eight samples in a beam tree: decode reads the prompt once for all eight (level 0), each
+    beam's step once for its four (level 1), each child's step once for its two samples (level 2)."""
+    prompts = beam_tree_prompts()
     sp = SamplingParams(n=2, temperature=1.0, max_tokens=12, ignore_eos=True, seed=5)
-    results, levels_seen = [], []
+    results = []
     for work in (None, 1):
         llm = LLM(long_ctx_model, dtype="float32", device="cpu", kv_cache_tokens=4096)
-        llm.generate({"prompt_token_ids": prompt}, SamplingParams(max_tokens=1))   # cache the prompt
         llm.runner.cascade_min_work = work
-        real = llm.runner.cascade_groups
-
-        def spy(decode, real=real):
-            levels, starts = real(decode)
-            levels_seen.append(0 if levels is None else len(levels))
-            return levels, starts
-
-        llm.runner.cascade_groups = spy
-        results.append([[o.token_ids for o in r.outputs] for r in
-                        llm.generate([{"prompt_token_ids": b} for b in beams], sp)])
+        outs, seen = run_with_levels(llm, prompts, sp)
+        results.append(outs)
+        assert max(seen) == (0 if work is None else 3)
     assert results[0] == results[1]
-    assert 2 in levels_seen
+
+
+def test_cascade_levels_follow_the_tree(long_ctx_model):
+    """The spans found for the beam tree, by hand: the 120-token prompt shared by all eight samples,
+    each beam's 9 tokens by its four, each child's 7 tokens by its two; the decoding token is each
+    sample's own."""
+    llm = LLM(long_ctx_model, dtype="float32", device="cpu", kv_cache_tokens=4096)
+    llm.runner.cascade_min_work = 1
+    captured = []
+    real = llm.runner.cascade_levels
+
+    def spy(decode):
+        levels, starts = real(decode)
+        if not captured and levels:
+            captured.append((levels, starts, [s.num_computed for s in decode]))
+        return levels, starts
+
+    llm.runner.cascade_levels = spy
+    llm.generate([{"prompt_token_ids": p} for p in beam_tree_prompts()],
+                 SamplingParams(n=2, max_tokens=3, ignore_eos=True))
+    levels, starts, lengths = captured[0]
+    spans = [sorted((g.start, g.end, len(g.rows)) for g in level) for level in levels]
+    assert spans == [[(0, 120, 8)], [(120, 129, 4)] * 2, [(129, 136, 2)] * 4]
+    assert starts == [136] * 8 and lengths == [137] * 8

@@ -29,10 +29,26 @@ def f64(*ts):
     return [t.double() for t in ts]
 
 
-def random_tables(lens: list[int], slots: int) -> torch.Tensor:
+def slot_table(parts: list[torch.Tensor], pad: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """A persistent-style slot table (int32, more rows than needed, junk in unused entries) holding
+    each slot list in a random row; returns (table, row of each list)."""
+    width = max(len(p) for p in parts) + pad
+    table = torch.randint(0, 10**6, (len(parts) + pad, width), dtype=torch.int32, device=DEVICE)
+    rows = torch.randperm(len(parts) + pad, device=DEVICE)[:len(parts)]
+    for r, p in zip(rows.tolist(), parts):
+        table[r, :len(p)] = p
+    return table, rows
+
+
+def distinct_slots(lens: list[int], slots: int) -> list[torch.Tensor]:
     """Each sequence gets distinct random slots (a pool shuffled like a real one)."""
-    width = max(lens)
-    return torch.stack([torch.randperm(slots, device=DEVICE)[:width] for _ in lens])
+    return [torch.randperm(slots, device=DEVICE)[:n] for n in lens]
+
+
+def dense(parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(table, rows, starts) of plain spans, for the reference over whole contexts."""
+    table, rows = slot_table(parts)
+    return table, rows, torch.zeros_like(rows)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -50,40 +66,53 @@ def test_store_kv(dtype):
 @pytest.mark.parametrize("h,hkv", HEADS)
 @pytest.mark.parametrize("d", [64, 128])
 def test_decode_attention(dtype, h, hkv, d):
+    """Spans of ragged lengths (1, partial tiles, several splits) that start mid-row."""
     lens = [1, random.randint(2, 40), random.randint(41, 150)]
+    offsets = [random.randint(0, 9) for _ in lens]
     kc, vc = make_pool(400, hkv, d, dtype)
-    table = random_tables(lens, 400)
+    parts = distinct_slots([o + n for o, n in zip(offsets, lens)], 400)
+    table, rows = slot_table(parts)
+    starts = torch.tensor(offsets, device=DEVICE)
     kv_lens = torch.tensor(lens, device=DEVICE)
     q = torch.randn(len(lens), h, d, device=DEVICE).to(dtype)
-    out, lse = tri.decode_attention(q, kc, vc, table, kv_lens, d ** -0.5, return_lse=True)
-    r_out, r_lse = ref.decode_attention(*f64(q, kc, vc), table, kv_lens, d ** -0.5, return_lse=True)
+    args = (table, rows, starts, kv_lens, max(lens), d ** -0.5)
+    out, lse = tri.decode_attention(q, kc, vc, *args, return_lse=True)
+    r_out, r_lse = ref.decode_attention(*f64(q, kc, vc), *args, return_lse=True)
     assert rel_err(out, r_out) < TOL[dtype]
     assert rel_err(lse, r_lse) < TOL[dtype]
+    # the reference itself against dense attention over each span
+    for i, (p, o, n) in enumerate(zip(parts, offsets, lens)):
+        k = kc[p[o:o + n].long()].double().transpose(0, 1)
+        v = vc[p[o:o + n].long()].double().transpose(0, 1)
+        dense_out = torch.nn.functional.scaled_dot_product_attention(
+            q[i].double().view(hkv, h // hkv, d), k, v, scale=d ** -0.5)
+        assert rel_err(r_out[i], dense_out.reshape(h, d)) < 1e-10
 
 
 def test_decode_attention_sliding_window():
     lens = [5, 90]
     kc, vc = make_pool(200, 2, 64, torch.float32)
-    table = random_tables(lens, 200)
-    kv_lens = torch.tensor(lens, device=DEVICE)
+    table, rows, starts = dense(distinct_slots(lens, 200))
     q = torch.randn(2, 8, 64, device=DEVICE)
-    out = tri.decode_attention(q, kc, vc, table, kv_lens, 0.125, sliding_window=33)
-    expected = ref.decode_attention(*f64(q, kc, vc), table, kv_lens, 0.125, sliding_window=33)
+    args = (table, rows, starts, torch.tensor(lens, device=DEVICE), 90, 0.125, 33)
+    out = tri.decode_attention(q, kc, vc, *args)
+    expected = ref.decode_attention(*f64(q, kc, vc), *args)
     assert rel_err(out, expected) < 1e-5
 
 
-def _pad_stack(parts: list[torch.Tensor]) -> torch.Tensor:
+def _pad_stack(parts: list[list[int]]) -> torch.Tensor:
     width = max(len(p) for p in parts)
-    return torch.stack([torch.nn.functional.pad(p, (0, width - len(p))) for p in parts])
+    return torch.tensor([p + [-1] * (width - len(p)) for p in parts], device=DEVICE)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("h,hkv", HEADS)
 @pytest.mark.parametrize("d", [64, 128])
 def test_cascade_decode_attention(dtype, h, hkv, d):
-    """Two levels, as in beam search: a root prompt shared by rows 0-8, then groups sharing
-    prefixes of different depths past it (one group of a single row's depth 1, row 6 in no
-    group), and row 9 sharing nothing; checked against plain decode over each whole context."""
+    """Two levels, as in beam search: a root prompt shared by rows 0-8, then groups sharing spans
+    of different lengths past it (one of length 1, row 6 in no group), and row 9 sharing nothing.
+    Every row's whole context sits in its own table row; the levels and suffixes are spans of
+    those rows. Checked against plain decode over each whole context."""
     slots = 700
     kc, vc = make_pool(slots, hkv, d, dtype)
     perm = torch.randperm(slots, device=DEVICE)
@@ -100,23 +129,40 @@ def test_cascade_decode_attention(dtype, h, hkv, d):
     prefixes = [take(n) for n in group_lens]
     suffixes = [take(random.randint(1, 30)) for _ in range(10)]
     group_of = {r: g for g, rows in enumerate(groups) for r in rows}
-    full = []
+    full, suffix_start = [], []
     for r in range(10):
-        parts = ([root] if r < 9 else []) + ([prefixes[group_of[r]]] if r in group_of else []) + [suffixes[r]]
-        full.append(torch.cat(parts))
+        parts = ([root] if r < 9 else []) + ([prefixes[group_of[r]]] if r in group_of else [])
+        suffix_start.append(sum(len(p) for p in parts))
+        full.append(torch.cat(parts + [suffixes[r]]))
+    table, rows = slot_table(full)
     full_lens = torch.tensor([len(f) for f in full], device=DEVICE)
     q = torch.randn(10, h, d, device=DEVICE).to(dtype)
-    levels = [
-        (root[None], torch.tensor([len(root)], device=DEVICE), torch.tensor([list(range(9))], device=DEVICE)),
-        (_pad_stack(prefixes), torch.tensor(group_lens, device=DEVICE),
-         torch.tensor([g + [-1] * (3 - len(g)) for g in groups], device=DEVICE)),
+    t = lambda xs: torch.tensor(xs, device=DEVICE)   # noqa: E731
+    levels = lambda: [   # noqa: E731  (fresh objects: the Triton backend caches its plan on them)
+        ref.CascadeLevel(rows[:1], t([0]), t([len(root)]), t([list(range(9))]), len(root)),
+        ref.CascadeLevel(rows[[g[0] for g in groups]], t([len(root)] * 3), t(group_lens),
+                         _pad_stack(groups), max(group_lens)),
     ]
-    suffix_args = (_pad_stack(suffixes), torch.tensor([len(s) for s in suffixes], device=DEVICE), levels)
-    expected = ref.decode_attention(*f64(q, kc, vc), _pad_stack(full), full_lens, d ** -0.5)
-    out = tri.cascade_decode_attention(q, kc, vc, *suffix_args, d ** -0.5)
+    suffix_lens = [len(s) for s in suffixes]
+    args = (table, rows, t(suffix_start), t(suffix_lens), max(suffix_lens))
+    expected = ref.decode_attention(*f64(q, kc, vc), table, rows, torch.zeros_like(rows), full_lens,
+                                    int(full_lens.max()), d ** -0.5)
+    out = tri.cascade_decode_attention(q, kc, vc, *args, levels(), d ** -0.5)
     assert rel_err(out, expected) < TOL[dtype]
-    # the torch reference of the cascade path agrees too, with one level or two
-    assert rel_err(ref.cascade_decode_attention(*f64(q, kc, vc), *suffix_args, d ** -0.5), expected) < 1e-10
+    # the torch reference of the cascade path agrees too
+    assert rel_err(ref.cascade_decode_attention(*f64(q, kc, vc), *args, levels(), d ** -0.5), expected) < 1e-10
+
+
+def test_cascade_plan_pads_to_a_shape_only_length():
+    """The tile plan of a level: one entry per tile of each group, -1 after, of a length that a
+    CUDA graph can fix (groups + ceil(batch / rows per tile))."""
+    level = ref.CascadeLevel(torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long),
+                             torch.ones(3, dtype=torch.long),
+                             torch.tensor([[0, 1, 2, 3, 4, 5, 6, -1, -1, -1], [7, 8] + [-1] * 8, [-1] * 10]), 1)
+    work = tri.plan_level(level, batch=9, g=16)     # 4 rows per tile: group 0 needs 2 tiles, group 1 one
+    assert len(work) == 3 + 3
+    assert work[:3].tolist() == [[0, 0], [0, 4], [1, 0]]
+    assert (work[3:, 0] == -1).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -128,10 +174,10 @@ def test_extend_attention(dtype, h, hkv, d):
     prefix = [random.randint(0, 50), 0, random.randint(1, 40)]
     kv_lens = [p + n for p, n in zip(prefix, q_lens)]
     kc, vc = make_pool(400, hkv, d, dtype)
-    table = random_tables(kv_lens, 400)
+    table, rows = slot_table(distinct_slots(kv_lens, 400))
     q = torch.randn(sum(q_lens), h, d, device=DEVICE).to(dtype)
     q_start = torch.tensor([0, q_lens[0], q_lens[0] + q_lens[1]], device=DEVICE)
-    args = (table, q_start, torch.tensor(q_lens, device=DEVICE), torch.tensor(kv_lens, device=DEVICE), d ** -0.5)
+    args = (table, rows, q_start, torch.tensor(q_lens, device=DEVICE), torch.tensor(kv_lens, device=DEVICE), d ** -0.5)
     out = tri.extend_attention(q, kc, vc, *args)
     expected = ref.extend_attention(*f64(q, kc, vc), *args)
     assert rel_err(out, expected) < TOL[dtype]
@@ -140,9 +186,9 @@ def test_extend_attention(dtype, h, hkv, d):
 def test_extend_attention_sliding_window():
     q_lens, kv_lens = [40], [100]
     kc, vc = make_pool(200, 2, 64, torch.float32)
-    table = random_tables(kv_lens, 200)
+    table, rows = slot_table(distinct_slots(kv_lens, 200))
     q = torch.randn(40, 8, 64, device=DEVICE)
-    args = (table, torch.tensor([0], device=DEVICE), torch.tensor(q_lens, device=DEVICE),
+    args = (table, rows, torch.tensor([0], device=DEVICE), torch.tensor(q_lens, device=DEVICE),
             torch.tensor(kv_lens, device=DEVICE), 0.125, 24)
     assert rel_err(tri.extend_attention(q, kc, vc, *args), ref.extend_attention(*f64(q, kc, vc), *args)) < 1e-5
 

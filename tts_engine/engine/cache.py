@@ -32,10 +32,11 @@ class SlotAllocator:
 
 
 class Node:
-    __slots__ = ("parent", "children", "key", "slots", "lock_ref", "last_access")
+    __slots__ = ("parent", "children", "key", "slots", "lock_ref", "last_access", "depth")
 
     def __init__(self, parent: "Node | None", key: list[int], slots: list[int]):
         self.parent = parent
+        self.depth = (parent.depth if parent is not None else 0) + len(key)   # tokens from the root to my end
         self.children: dict[int, Node] = {}
         self.key = key
         self.slots = slots

@@ -2,17 +2,25 @@
 
 A decode step of a 1B model is ~16 layers x a dozen kernels; launching them from Python costs more
 than running them at small batch sizes. A graph replays the whole step in one launch. Graphs need
-static shapes and addresses, so every input lives in a buffer sized for the largest batch, the
-slot table is as wide as the longest possible sequence, and rows beyond the real batch read and
-write a scratch KV slot that no sequence owns. Steps with prefill tokens or cascade groups run
-eagerly (their shapes vary).
+static shapes and addresses, so every input lives in a buffer sized for the largest batch, and rows
+beyond the real batch read and write a scratch KV slot that no sequence owns (through a padding row
+of the slot table). The slot table itself is the runner's persistent tensor, so a step copies only
+per-row spans, not contexts.
+
+Tree search decodes with cascade levels almost every step, so each batch size also gets a cascade
+graph with MAX_LEVELS static levels of batch/2 groups each (disjoint groups of >= 2 rows cannot be
+more); unused groups are empty and their tiles exit at once (see attention_triton.plan_level).
+Steps with prefill tokens or more levels run eagerly.
 """
 from __future__ import annotations
 
 import torch
 
+from tts_engine.kernels.attention_ref import CascadeLevel
 from tts_engine.models.attention import AttentionMetadata
 from tts_engine.models.llama import CausalLM
+
+MAX_LEVELS = 3
 
 
 def graph_batch_sizes(max_bs: int) -> list[int]:
@@ -20,72 +28,94 @@ def graph_batch_sizes(max_bs: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, model: CausalLM, scratch_slot: int, max_bs: int, table_width: int, device: torch.device):
-        self.model = model
+    def __init__(self, model: CausalLM, slot_table: torch.Tensor, pad_row: int, scratch_slot: int, max_bs: int,
+                 device: torch.device, capture: bool = True):
+        """capture=False runs the same static-buffer steps eagerly (tests the buffer handling on a CPU)."""
+        self.model, self.slot_table, self.pad_row, self.scratch_slot = model, slot_table, pad_row, scratch_slot
         self.sizes = graph_batch_sizes(max_bs)
-        self.max_bs = self.sizes[-1]
-        self.scratch_slot = scratch_slot
-        n = self.max_bs
-        self.input_ids = torch.zeros(n, dtype=torch.long, device=device)
-        self.positions = torch.zeros(n, dtype=torch.long, device=device)
-        self.slot_mapping = torch.full((n,), scratch_slot, dtype=torch.long, device=device)
-        # int32: a 131k-token context x 256 rows is 134 MB (the kernels widen slots to int64)
-        self.block_table = torch.full((n, table_width), scratch_slot, dtype=torch.int32, device=device)
-        self.kv_lens = torch.ones(n, dtype=torch.long, device=device)
+        self.max_bs = n = self.sizes[-1]
+        self.capture = capture
+        long = dict(dtype=torch.long, device=device)
+        self.input_ids = torch.zeros(n, **long)
+        self.positions = torch.zeros(n, **long)
+        self.slot_mapping = torch.full((n,), scratch_slot, **long)
+        self.rows = torch.full((n,), pad_row, **long)
+        self.starts = torch.zeros(n, **long)
+        self.lens = torch.ones(n, **long)
+        g = max(1, n // 2)
+        self.level_bufs = [(torch.zeros(g, **long), torch.zeros(g, **long), torch.zeros(g, **long),
+                            torch.full((g, n), -1, **long)) for _ in range(MAX_LEVELS)]
+        self.levels = {bs: [CascadeLevel(rows[:bs // 2], starts[:bs // 2], lens[:bs // 2], grp[:bs // 2, :bs],
+                                         slot_table.shape[1]) for rows, starts, lens, grp in self.level_bufs]
+                       for bs in self.sizes if bs >= 2}
         # one output buffer for all graphs (a buffer per graph would cost ~1 GB for a 128k vocabulary)
-        self.logits = torch.empty(n, model.cfg.vocab_size, dtype=torch.float32, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._capture(device)
+        self.logits = torch.zeros(n, model.cfg.vocab_size, dtype=torch.float32, device=device)
+        self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
+        if capture:
+            self._capture(device)
 
-    def _meta(self, bs: int) -> AttentionMetadata:
-        empty = self.kv_lens[:0]
+    def _meta(self, bs: int, cascade: bool) -> AttentionMetadata:
+        empty = self.lens[:0]
         return AttentionMetadata(
-            slot_mapping=self.slot_mapping[:bs], num_decode=bs, decode_block_table=self.block_table[:bs],
-            decode_kv_lens=self.kv_lens[:bs], cascade_levels=None,
-            prefill_block_table=self.block_table[:0], prefill_q_start=empty, prefill_q_lens=empty,
-            prefill_kv_lens=empty, prefill_max_q_len=0)
+            slot_table=self.slot_table, slot_mapping=self.slot_mapping[:bs], num_decode=bs,
+            decode_rows=self.rows[:bs], decode_starts=self.starts[:bs], decode_lens=self.lens[:bs],
+            decode_max_len=self.slot_table.shape[1], cascade_levels=self.levels[bs] if cascade else None,
+            prefill_rows=empty, prefill_q_start=empty, prefill_q_lens=empty, prefill_kv_lens=empty,
+            prefill_max_q_len=0)
 
-    def _forward(self, bs: int) -> torch.Tensor:
-        hidden = self.model(self.input_ids[:bs], self.positions[:bs], self._meta(bs))
+    def _forward(self, bs: int, cascade: bool) -> torch.Tensor:
+        hidden = self.model(self.input_ids[:bs], self.positions[:bs], self._meta(bs, cascade))
         return self.model.compute_logits(hidden)
 
     @torch.inference_mode()
     def _capture(self, device: torch.device) -> None:
         pool = None
         for bs in reversed(self.sizes):          # largest first, so smaller graphs reuse its memory
-            eager = self._forward(bs)            # also compiles the Triton kernels for these shapes
-            torch.cuda.synchronize(device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.logits[:bs] = self._forward(bs)
-            pool = graph.pool()
-            self.graphs[bs] = graph
-            self.logits.zero_()
-            graph.replay()
-            torch.cuda.synchronize(device)
-            # Every row reads only the scratch slot here, so the replay must equal the eager step.
-            if not torch.allclose(self.logits[:bs], eager, rtol=1e-3, atol=1e-3):
-                raise RuntimeError(f"CUDA graph for batch size {bs} does not reproduce the eager step")
+            for cascade in (False, True) if bs >= 2 else (False,):
+                eager = self._forward(bs, cascade)   # also compiles the Triton kernels for these shapes
+                torch.cuda.synchronize(device)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.logits[:bs] = self._forward(bs, cascade)
+                pool = graph.pool()
+                self.graphs[bs, cascade] = graph
+                self.logits.zero_()
+                graph.replay()
+                torch.cuda.synchronize(device)
+                # Every row reads only the scratch slot here, so the replay must equal the eager step.
+                if not torch.allclose(self.logits[:bs], eager, rtol=1e-3, atol=1e-3):
+                    raise RuntimeError(f"CUDA graph for batch size {bs} does not reproduce the eager step")
 
-    def can_run(self, num_decode: int) -> bool:
-        return num_decode <= self.max_bs
+    def can_run(self, meta: AttentionMetadata) -> bool:
+        return meta.num_decode <= self.max_bs and len(meta.cascade_levels or ()) <= MAX_LEVELS
 
     @torch.inference_mode()
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
-            block_table: torch.Tensor, kv_lens: torch.Tensor) -> torch.Tensor:
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Replay the smallest captured graph that holds the batch; returns logits [n, vocab]."""
         n = input_ids.shape[0]
         bs = next(b for b in self.sizes if b >= n)
-        self.input_ids[:n] = input_ids
-        self.positions[:n] = positions
-        self.slot_mapping[:n] = slot_mapping
-        self.block_table[:n, :block_table.shape[1]] = block_table
-        self.kv_lens[:n] = kv_lens
-        # padding rows: a one-token context at the scratch slot
-        self.slot_mapping[n:bs] = self.scratch_slot
-        self.block_table[n:bs, 0] = self.scratch_slot
-        self.kv_lens[n:bs] = 1
-        self.input_ids[n:bs] = 0
-        self.positions[n:bs] = 0
-        self.graphs[bs].replay()
+        for buf, src, pad in ((self.input_ids, input_ids, 0), (self.positions, positions, 0),
+                              (self.slot_mapping, meta.slot_mapping, self.scratch_slot),
+                              (self.rows, meta.decode_rows, self.pad_row), (self.starts, meta.decode_starts, 0),
+                              (self.lens, meta.decode_lens, 1)):
+            buf[:n] = src
+            buf[n:bs] = pad      # padding rows: a one-token context at the scratch slot
+        cascade = bool(meta.cascade_levels)
+        if cascade:
+            for k, level in enumerate(self.levels[bs]):
+                level.lens.zero_()
+                level.group_rows.fill_(-1)
+                if k < len(meta.cascade_levels):
+                    src = meta.cascade_levels[k]
+                    ng, width = src.group_rows.shape
+                    level.table_rows[:ng] = src.table_rows
+                    level.starts[:ng] = src.starts
+                    level.lens[:ng] = src.lens
+                    level.group_rows[:ng, :width] = src.group_rows
+        if self.capture:
+            self.graphs[bs, cascade].replay()
+        else:
+            for level in self.levels.get(bs, ()):
+                level.work = None          # eagerly, the Triton plan is made again each step
+            self.logits[:bs] = self._forward(bs, cascade)
         return self.logits[:n]

@@ -78,11 +78,11 @@ class LLM:
         if kv_cache_tokens < 2:
             raise ValueError(f"kv_cache_tokens={kv_cache_tokens} is too small (not enough memory for the KV cache?)")
         self.kv_cache_tokens = kv_cache_tokens
-        self.runner = ModelRunner(self.model, kv_cache_tokens, self.dtype, self.device)
+        self.runner = ModelRunner(self.model, kv_cache_tokens, self.dtype, self.device, max_num_seqs, self.max_model_len)
         self.scheduler = Scheduler(kv_cache_tokens, max_num_batched_tokens, max_num_seqs, enable_prefix_caching)
         if self.device.type == "cuda" and self.attention_backend == "triton" and not enforce_eager:
             try:
-                self.runner.capture_decode_graphs(min(max_num_seqs, 256), min(self.max_model_len, kv_cache_tokens))
+                self.runner.capture_decode_graphs(min(max_num_seqs, 256))
             except RuntimeError as e:   # a failed or inexact capture only costs speed
                 warnings.warn(f"CUDA graphs disabled, decode runs eagerly: {e}")
                 self.runner.graphs = None

@@ -2,37 +2,65 @@
 forward pass and returns logits for the sequences that sample this step."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from tts_engine.engine.cuda_graph import DecodeGraphs
 from tts_engine.engine.scheduler import ScheduledBatch
 from tts_engine.engine.sequence import Sequence
+from tts_engine.kernels.attention_ref import CascadeLevel
 from tts_engine.models.attention import AttentionMetadata
 from tts_engine.models.llama import CausalLM
 
 
 class ModelRunner:
     def __init__(self, model: CausalLM, num_slots: int, dtype: torch.dtype, device: torch.device,
-                 cascade_min_work: int | None = 1024):
+                 max_num_seqs: int, max_model_len: int, cascade_min_work: int | None = 1024):
         cfg = model.cfg
         self.model, self.device = model, device
-        # A group uses cascade decode when sharers x shared tokens reaches this (None: never).
-        # benchmarks/bench_kernels.py --cpu (32/8 heads): cascade pays from about 1-2k (8 x 256,
-        # 4 x 1024, 64 x 64) and costs up to 3x on small groups; 1024 won end to end on the CPU
-        # beam benchmark (4 sharers x 358-650 tokens, SmolLM2's 9/3 heads). Re-measure on GPUs.
+        # A span shared by several decoding sequences is read once for all of them (cascade) when
+        # sharers x span tokens reaches this (None: never). benchmarks/bench_kernels.py --cpu
+        # (32/8 heads): cascade pays from about 1-2k (8 x 256, 4 x 1024, 64 x 64) and costs up to
+        # 3x on small groups; 1024 won end to end on the CPU beam benchmark (4 sharers x 358-650
+        # tokens, SmolLM2's 9/3 heads). Re-measure on GPUs.
         self.cascade_min_work = cascade_min_work
         # One tensor for the whole pool: [layers, K/V, slots, kv_heads, head_dim]. The extra last
         # slot belongs to no sequence: padding rows of CUDA-graph batches write there.
         self.kv_cache = torch.zeros(cfg.num_layers, 2, num_slots + 1, cfg.num_kv_heads, cfg.head_dim,
                                     dtype=dtype, device=device)
         self.scratch_slot = num_slots
+        # Slot table (SGLang's req_to_token): row r lists the slots of the running sequence that owns
+        # it. It stays on the device; each step writes only entries that changed (new tokens, and
+        # rows adopted from the cache), instead of uploading every context again.
+        # The extra last row is all scratch slots: CUDA-graph padding rows read it.
+        width = min(max_model_len, num_slots)
+        self.slot_table = torch.zeros(max_num_seqs + 1, width, dtype=torch.int32, device=device)
+        self.pad_row = max_num_seqs
+        self.slot_table[self.pad_row] = self.scratch_slot
         self.graphs: DecodeGraphs | None = None
         for i, layer in enumerate(model.model.layers):
             layer.self_attn.attn.k_cache = self.kv_cache[i, 0]
             layer.self_attn.attn.v_cache = self.kv_cache[i, 1]
 
+    def sync_slot_table(self, seqs: list[Sequence]) -> None:
+        """Write the entries of the sequences' table rows that are not there yet, in one indexed copy."""
+        rows, cols, vals = [], [], []
+        for seq in seqs:
+            lo, hi = seq.num_synced, seq.num_computed
+            if lo < hi:
+                rows += [seq.row] * (hi - lo)
+                cols += range(lo, hi)
+                vals += seq.slots[lo:hi]
+                seq.num_synced = hi
+        if vals:
+            dev = self.device
+            self.slot_table[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = \
+                torch.tensor(vals, dtype=torch.int32, device=dev)
+
     def prepare(self, batch: ScheduledBatch):
         """Pack the batch: (input_ids, positions, metadata, rows to sample, (seq, position, row) to keep)."""
+        self.sync_slot_table(batch.decode + [seq for seq, _, _ in batch.prefill])
         ids, pos, slot_map, sample_rows, hidden_rows = [], [], [], [], []
         for seq in batch.decode:
             n = seq.num_computed - 1
@@ -52,74 +80,91 @@ class ModelRunner:
                 hidden_rows += [(seq, p, len(ids) - end + p) for p in seq.hidden_positions if start <= p < end]
             elif end == len(seq):
                 sample_rows.append(len(ids) - 1)
-        dev = self.device
-        cascade, starts = self.cascade_groups(batch.decode)
-        block_table = _padded([s.slots[st:s.num_computed] for s, st in zip(batch.decode, starts)], dev)
-        kv_lens = torch.tensor([s.num_computed - st for s, st in zip(batch.decode, starts)], dtype=torch.long,
-                               device=dev)
+        levels, starts = self.cascade_levels(batch.decode)
+        lens = [s.num_computed - st for s, st in zip(batch.decode, starts)]
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slot_map, device=dev),
+            slot_table=self.slot_table,
+            slot_mapping=self._long(slot_map),
             num_decode=len(batch.decode),
-            decode_block_table=block_table,
-            decode_kv_lens=kv_lens,
-            cascade_levels=cascade,
-            prefill_block_table=_padded([seq.slots[:end] for seq, _, end in batch.prefill], dev),
-            prefill_q_start=torch.tensor(q_start, dtype=torch.long, device=dev),
-            prefill_q_lens=torch.tensor(q_lens, dtype=torch.long, device=dev),
-            prefill_kv_lens=torch.tensor(kv_lens_p, dtype=torch.long, device=dev),
+            decode_rows=self._long([s.row for s in batch.decode]),
+            decode_starts=self._long(starts),
+            decode_lens=self._long(lens),
+            decode_max_len=max(lens, default=0),
+            cascade_levels=[self._level(groups) for groups in levels] or None,
+            prefill_rows=self._long([seq.row for seq, _, _ in batch.prefill]),
+            prefill_q_start=self._long(q_start),
+            prefill_q_lens=self._long(q_lens),
+            prefill_kv_lens=self._long(kv_lens_p),
             prefill_max_q_len=max(q_lens, default=0),
         )
-        return torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta, sample_rows, hidden_rows
+        return self._long(ids), self._long(pos), meta, sample_rows, hidden_rows
 
-    def capture_decode_graphs(self, max_batch_size: int, max_model_len: int) -> None:
-        """Capture CUDA graphs of decode steps for batch sizes up to max_batch_size."""
-        self.graphs = DecodeGraphs(self.model, self.scratch_slot, max_batch_size, max_model_len, self.device)
+    def _long(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
 
-    def cascade_groups(self, decode: list[Sequence]) -> tuple[list | None, list[int]]:
-        """Cascade levels for this decode step, and per sequence where its own part of the KV starts.
-        Level 1: the prefix all decoding sequences share (the problem prompt of a search).
-        Level 2: sequences holding the same tree node (the samples of a request, the children of a
-        beam) share what lies past it. A level's group is formed only when sharers x shared tokens
-        reach `cascade_min_work`; anything not in a group is read as the sequence's own suffix."""
+    def capture_decode_graphs(self, max_batch_size: int, capture: bool = True) -> None:
+        """Capture CUDA graphs of decode steps for batch sizes up to max_batch_size (capture=False:
+        run the graphs' static-buffer steps eagerly, which tests them on a CPU)."""
+        self.graphs = DecodeGraphs(self.model, self.slot_table, self.pad_row, self.scratch_slot, max_batch_size,
+                                   self.device, capture)
+
+    def cascade_levels(self, decode: list[Sequence]) -> tuple[list[list[SharedSpan]], list[int]]:
+        """Where decoding sequences share context, and where each one's own part starts.
+
+        The shared stretches come from the radix tree: a run of nodes with the same set of decoding
+        sequences below it is one span, read once for all of them (the problem prompt for every
+        beam, then a beam's steps for its children, ...). Going down each sequence's path, spans
+        are taken while sharers x span tokens reaches `cascade_min_work`; the k-th taken span of a
+        path is on level k (so no row is in two groups of a level), and the rest of the context
+        is the sequence's own suffix."""
         starts = [0] * len(decode)
         if self.cascade_min_work is None or self.model.cfg.sliding_window is not None or len(decode) < 2:
-            return None, starts
-        levels = []
-        root = _common_prefix_len([s.slots[:s.num_tree] for s in decode])
-        if len(decode) * root >= self.cascade_min_work:
-            levels.append(self._level([list(range(len(decode)))], [decode[0].slots[:root]]))
-            starts = [root] * len(decode)
-        else:
-            root = 0
-        by_node: dict[int, list[int]] = {}
-        for i, s in enumerate(decode):
-            if s.num_tree > root:
-                by_node.setdefault(id(s.node), []).append(i)
-        groups = [rows for rows in by_node.values()
-                  if len(rows) >= 2 and len(rows) * (decode[rows[0]].num_tree - root) >= self.cascade_min_work]
-        if groups:
-            levels.append(self._level(groups, [decode[r[0]].slots[root:decode[r[0]].num_tree] for r in groups]))
-            for rows in groups:
-                for i in rows:
-                    starts[i] = decode[rows[0]].num_tree
-        return levels or None, starts
+            return [], starts
+        count: dict[int, int] = {}
+        paths = []
+        for seq in decode:
+            path, node = [], seq.node
+            while node.parent is not None:
+                path.append(node)
+                count[id(node)] = count.get(id(node), 0) + 1
+                node = node.parent
+            paths.append(path[::-1])
+        levels: list[list[SharedSpan]] = []
+        spans: dict[int, SharedSpan] = {}
+        for i, path in enumerate(paths):
+            j, level = 0, 0
+            while j < len(path):
+                top, sharers = path[j], count[id(path[j])]
+                while j + 1 < len(path) and count[id(path[j + 1])] == sharers:
+                    j += 1
+                start, end = top.depth - len(top.key), path[j].depth
+                if sharers < 2 or sharers * (end - start) < self.cascade_min_work:
+                    break
+                span = spans.get(id(top))
+                if span is None:
+                    span = spans[id(top)] = SharedSpan(decode[i].row, start, end, [])
+                    if level == len(levels):
+                        levels.append([])
+                    levels[level].append(span)
+                span.rows.append(i)
+                starts[i] = end
+                j, level = j + 1, level + 1
+        return levels, starts
 
-    def _level(self, groups: list[list[int]], prefixes: list[list[int]]):
-        """(prefix table, prefix lengths, rows padded with -1) of one cascade level."""
-        width = max(len(r) for r in groups)
-        rows = torch.tensor([r + [-1] * (width - len(r)) for r in groups], device=self.device)
-        return _padded(prefixes, self.device), torch.tensor([len(p) for p in prefixes], device=self.device), rows
+    def _level(self, groups: list[SharedSpan]) -> CascadeLevel:
+        width = max(len(g.rows) for g in groups)
+        return CascadeLevel(self._long([g.table_row for g in groups]), self._long([g.start for g in groups]),
+                            self._long([g.end - g.start for g in groups]),
+                            self._long([g.rows + [-1] * (width - len(g.rows)) for g in groups]).view(len(groups), width),
+                            max(g.end - g.start for g in groups))
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Forward the batch; return the sequences that sample now and their logits [n, vocab]
         (float32). Encode-only sequences get their requested hidden states instead."""
         input_ids, positions, meta, rows, hidden_rows = self.prepare(batch)
-        if self.graphs is not None and not batch.prefill and meta.cascade_levels is None \
-                and self.graphs.can_run(len(batch.decode)):
-            logits = self.graphs.run(input_ids, positions, meta.slot_mapping, meta.decode_block_table,
-                                     meta.decode_kv_lens)
-            return list(batch.decode), logits
+        if self.graphs is not None and not batch.prefill and self.graphs.can_run(meta):
+            return list(batch.decode), self.graphs.run(input_ids, positions, meta)
         hidden = self.model(input_ids, positions, meta)
         for seq, p, row in hidden_rows:
             seq.hidden_states[p] = hidden[row].clone()
@@ -128,20 +173,10 @@ class ModelRunner:
         return seqs, logits
 
 
-def _padded(rows: list[list[int]], device: torch.device) -> torch.Tensor:
-    """Slot lists as one [len(rows), longest] tensor, padded with slot 0 (masked by lengths)."""
-    width = max((len(r) for r in rows), default=1)
-    return torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device).view(len(rows), width)
-
-
-def _common_prefix_len(lists: list[list[int]]) -> int:
-    """Length of the longest prefix shared by all lists (binary search over slice comparisons)."""
-    first = lists[0]
-    lo, hi = 0, min(len(x) for x in lists)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if all(x[:mid] == first[:mid] for x in lists[1:]):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+@dataclass
+class SharedSpan:
+    """Columns start..end of table row `table_row`, shared by the decode rows `rows`."""
+    table_row: int
+    start: int
+    end: int
+    rows: list[int]

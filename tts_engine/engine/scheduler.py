@@ -39,6 +39,7 @@ class Scheduler:
         self.enable_prefix_caching = enable_prefix_caching
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
+        self.free_rows = list(range(max_num_seqs - 1, -1, -1))   # rows of the runner's slot table
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []      # admission order; the newest is preempted first
         self.stats = SchedulerStats()
@@ -59,10 +60,14 @@ class Scheduler:
 
     def fork(self, seq: Sequence) -> list[Sequence]:
         """Start seq's waiting siblings on its computed prompt: they share every K/V slot (all in
-        the tree after `publish`) and sample their first token from seq's logits."""
-        siblings, seq.forks = seq.forks, []
+        the tree after `publish`) and sample their first token from seq's logits. Siblings beyond
+        max_num_seqs wait at the head of the queue; their prompt is then a cache hit but the last token."""
+        room = max(0, self.max_num_seqs - len(self.running))
+        siblings, later, seq.forks = seq.forks[:room], seq.forks[room:], []
+        self.waiting.extendleft(reversed(later))
         self.publish(seq)
         for sib in siblings:
+            sib.row, sib.num_synced = self.free_rows.pop(), 0
             sib.slots, sib.node = list(seq.slots), seq.node
             sib.num_computed = sib.num_tree = seq.num_computed
             sib.admitted, sib.num_cached_prompt_tokens = True, sib.num_prompt_tokens
@@ -83,6 +88,8 @@ class Scheduler:
         slots, node = self.cache.match_prefix(seq.token_ids[:n])
         self.cache.lock(node)
         self.cache.unlock(seq.node)
+        # slots from num_tree on may now be the tree's copies: the table row must be rewritten there
+        seq.num_synced = min(seq.num_synced, seq.num_tree)
         seq.slots, seq.node, seq.num_tree = slots, node, n
 
     def has_work(self) -> bool:
@@ -140,6 +147,7 @@ class Scheduler:
         self.cache.lock(node)
         seq.node, seq.slots = node, list(slots)
         seq.num_computed = seq.num_tree = len(slots)
+        seq.row, seq.num_synced = self.free_rows.pop(), 0
 
     def _schedule_prefill(self, seq: Sequence, budget: int, batch: ScheduledBatch, scheduled: set[int],
                           preempt: bool) -> int:
@@ -205,7 +213,8 @@ class Scheduler:
             self.publish(seq)                          # afterwards no slot of seq is private
         self.allocator.free(seq.slots[seq.num_tree:])
         self.cache.unlock(seq.node)
-        seq.node, seq.slots, seq.num_computed, seq.num_tree = None, [], 0, 0
+        self.free_rows.append(seq.row)
+        seq.node, seq.slots, seq.num_computed, seq.num_tree, seq.row = None, [], 0, 0, None
 
     def abort_all(self) -> None:
         """Drop every sequence and the whole cache (after an interrupted step the cache may list
@@ -218,3 +227,4 @@ class Scheduler:
         self.running.clear()
         self.waiting.clear()
         self.cache.clear()
+        self.free_rows = list(range(self.max_num_seqs - 1, -1, -1))

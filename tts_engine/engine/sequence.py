@@ -33,6 +33,10 @@ class Sequence:
         self.num_computed = 0            # tokens whose K/V are written (or being written this step)
         self.num_tree = 0
         self.node: Node | None = None
+        # While running, the sequence owns row `row` of the runner's slot table, whose first
+        # num_synced entries already equal slots[:num_synced] (only the rest is written each step).
+        self.row: int | None = None
+        self.num_synced = 0
         self.forks: list[Sequence] = []   # siblings (the other samples of the request) waiting on this prefill
         self.admitted = False            # admitted at least once (prompt stats are counted then)
         self.num_preemptions = 0

@@ -11,23 +11,26 @@ from dataclasses import dataclass
 import torch
 
 from tts_engine.kernels import attention_ref
+from tts_engine.kernels.attention_ref import CascadeLevel
 
 @dataclass
 class AttentionMetadata:
+    slot_table: torch.Tensor          # [rows, width] the runner's table: row r lists its sequence's slots
     slot_mapping: torch.Tensor        # [tokens] pool slot for each new token's K/V
     num_decode: int                   # the first num_decode tokens are decode tokens, one per sequence
-    decode_block_table: torch.Tensor  # [num_decode, max_kv] slots of each decoding sequence (padded)
-    decode_kv_lens: torch.Tensor      # [num_decode] KV length including the new token
-    # Cascade decode (when not None): levels of (prefix_table, prefix_lens, group_rows); group j
-    # of a level shares the first prefix_lens[j] slots of prefix_table[j] among decode rows
-    # group_rows[j] (padded with -1). The block table and lengths above then cover only what
-    # follows each row's deepest shared prefix.
-    cascade_levels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None
-    # Prefill (extend): sequence j's new tokens are rows num_decode + prefill_q_start[j] ...
-    prefill_block_table: torch.Tensor  # [num_prefill, max_kv] slots (cached prefix + new tokens)
-    prefill_q_start: torch.Tensor      # [num_prefill] offset of its first new token after the decode rows
+    # Decode row b reads decode_lens[b] slots of table row decode_rows[b] from column
+    # decode_starts[b]: its whole context, or with cascade only what follows its deepest shared span.
+    decode_rows: torch.Tensor         # [num_decode]
+    decode_starts: torch.Tensor       # [num_decode]
+    decode_lens: torch.Tensor         # [num_decode], including the new token
+    decode_max_len: int               # >= every decode_lens[b] (sizes the split-KV grid)
+    cascade_levels: list[CascadeLevel] | None   # spans shared by groups of decode rows (see attention_ref)
+    # Prefill (extend): sequence j's new tokens are rows num_decode + prefill_q_start[j] ...; it
+    # reads the first prefill_kv_lens[j] slots (cached prefix + new tokens) of table row prefill_rows[j].
+    prefill_rows: torch.Tensor         # [num_prefill]
+    prefill_q_start: torch.Tensor      # [num_prefill]
     prefill_q_lens: torch.Tensor       # [num_prefill]
-    prefill_kv_lens: torch.Tensor      # [num_prefill] prefix + new tokens
+    prefill_kv_lens: torch.Tensor      # [num_prefill]
     prefill_max_q_len: int
 
 
@@ -54,15 +57,15 @@ class Attention(torch.nn.Module):
         ops.store_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
         outs = []
         nd = meta.num_decode
+        spans = (meta.slot_table, meta.decode_rows, meta.decode_starts, meta.decode_lens, meta.decode_max_len)
         if nd and meta.cascade_levels:
-            outs.append(ops.cascade_decode_attention(
-                q[:nd], self.k_cache, self.v_cache, meta.decode_block_table, meta.decode_kv_lens,
-                meta.cascade_levels, self.scale))
+            outs.append(ops.cascade_decode_attention(q[:nd], self.k_cache, self.v_cache, *spans, meta.cascade_levels,
+                                                     self.scale))
         elif nd:
-            outs.append(ops.decode_attention(q[:nd], self.k_cache, self.v_cache, meta.decode_block_table,
-                                             meta.decode_kv_lens, self.scale, self.sliding_window))
+            outs.append(ops.decode_attention(q[:nd], self.k_cache, self.v_cache, *spans, self.scale,
+                                             self.sliding_window))
         if meta.prefill_max_q_len:
-            outs.append(ops.extend_attention(q[nd:], self.k_cache, self.v_cache, meta.prefill_block_table,
+            outs.append(ops.extend_attention(q[nd:], self.k_cache, self.v_cache, meta.slot_table, meta.prefill_rows,
                                              meta.prefill_q_start, meta.prefill_q_lens, meta.prefill_kv_lens,
                                              self.scale, self.sliding_window))
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
