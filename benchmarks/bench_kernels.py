@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from tts_engine.kernels.attention_ref import CascadeLevel
+
 
 def timeit(fn, device, iters=20, warmup=3) -> float:
     for _ in range(warmup):
@@ -38,19 +40,23 @@ def timeit(fn, device, iters=20, warmup=3) -> float:
 
 
 def make_case(n_seqs, prefix, own, hq, hkv, d, dtype, device):
-    """A pool where all sequences share `prefix` slots and each has `own` more, shuffled."""
+    """A pool where all sequences share `prefix` slots and each has `own` more, shuffled; each
+    sequence's slots sit in its row of a slot table, as in the engine. Returns q, the caches, the
+    plain decode spans and the cascade arguments (suffix spans and one level)."""
     slots = prefix + n_seqs * own + 1
     kc = torch.randn(slots, hkv, d, device=device, dtype=dtype)
     vc = torch.randn(slots, hkv, d, device=device, dtype=dtype)
     perm = torch.randperm(slots, device=device)
     shared = perm[:prefix]
     mine = perm[prefix:prefix + n_seqs * own].view(n_seqs, own)
-    full = torch.cat([shared.expand(n_seqs, prefix), mine], dim=1)
+    table = torch.cat([shared.expand(n_seqs, prefix), mine], dim=1).to(torch.int32)
     q = torch.randn(n_seqs, hq, d, device=device, dtype=dtype)
-    lens = torch.full((n_seqs,), prefix + own, device=device)
-    cascade = (mine, torch.full((n_seqs,), own, device=device),
-               [(shared[None], torch.tensor([prefix], device=device), torch.arange(n_seqs, device=device)[None])])
-    return q, kc, vc, full, lens, cascade
+    rows = torch.arange(n_seqs, device=device)
+    full = lambda x: torch.full((n_seqs,), x, device=device)   # noqa: E731
+    plain = (table, rows, full(0), full(prefix + own), prefix + own)
+    level = CascadeLevel(rows[:1], full(0)[:1], full(prefix)[:1], rows[None], prefix)
+    cascade = (table, rows, full(prefix), full(own), own, [level])
+    return q, kc, vc, plain, cascade
 
 
 def main():
@@ -75,15 +81,15 @@ def main():
     rows.append(("copy", f"{buf.numel() >> 20} MiB", f"{t * 1e3:.3f} ms", f"{copy_bw / 1e9:.0f} GB/s", ""))
 
     n, ctx = 64 // scale_down, 2048 // scale_down
-    q, kc, vc, full, lens, cascade = make_case(n, ctx - 1, 1, hq, hkv, d, dtype, device)
-    t_dec = timeit(lambda: ops.decode_attention(q, kc, vc, full, lens, d ** -0.5), device)
+    q, kc, vc, plain, _ = make_case(n, ctx - 1, 1, hq, hkv, d, dtype, device)
+    t_dec = timeit(lambda: ops.decode_attention(q, kc, vc, *plain, d ** -0.5), device)
     kv_bytes = 2 * n * ctx * hkv * d * kc.element_size()
     rows.append(("decode", f"{n} seqs x {ctx}", f"{t_dec * 1e3:.3f} ms", f"{kv_bytes / t_dec / 1e9:.0f} GB/s",
                  f"{kv_bytes / t_dec / copy_bw:.0%} of copy"))
 
     prefix, own = 2048 // scale_down, 256 // scale_down
-    q, kc, vc, full, lens, cascade = make_case(n, prefix, own, hq, hkv, d, dtype, device)
-    t_plain = timeit(lambda: ops.decode_attention(q, kc, vc, full, lens, d ** -0.5), device)
+    q, kc, vc, plain, cascade = make_case(n, prefix, own, hq, hkv, d, dtype, device)
+    t_plain = timeit(lambda: ops.decode_attention(q, kc, vc, *plain, d ** -0.5), device)
     t_casc = timeit(lambda: ops.cascade_decode_attention(q, kc, vc, *cascade, d ** -0.5), device)
     rows.append(("cascade", f"{n} x ({prefix} shared + {own})", f"{t_casc * 1e3:.3f} ms",
                  f"plain {t_plain * 1e3:.3f} ms", f"{t_plain / t_casc:.2f}x faster"))
@@ -98,7 +104,9 @@ def main():
     starts = torch.arange(b, device=device) * new
     qlens = torch.full((b,), new, device=device)
     kvlens = torch.full((b,), kv, device=device)
-    t_ext = timeit(lambda: ops.extend_attention(qx, kc, vc, table, starts, qlens, kvlens, d ** -0.5), device)
+    seq_rows = torch.arange(b, device=device)
+    t_ext = timeit(lambda: ops.extend_attention(qx, kc, vc, table.to(torch.int32), seq_rows, starts, qlens, kvlens,
+                                                d ** -0.5), device)
     qd = qx.view(b, new, hq, d).transpose(1, 2)
     kd = kc[table].transpose(1, 2)
     vd = vc[table].transpose(1, 2)
@@ -121,8 +129,8 @@ def main():
     for sharers in (2, 4, 8, 16, 64):
         line = f"{sharers:<9}"
         for p in lens_grid:
-            q, kc, vc, full, lens, cascade = make_case(sharers, p, 32, hq, hkv, d, dtype, device)
-            tp = timeit(lambda: ops.decode_attention(q, kc, vc, full, lens, d ** -0.5), device, iters=10)
+            q, kc, vc, plain, cascade = make_case(sharers, p, 32, hq, hkv, d, dtype, device)
+            tp = timeit(lambda: ops.decode_attention(q, kc, vc, *plain, d ** -0.5), device, iters=10)
             tc = timeit(lambda: ops.cascade_decode_attention(q, kc, vc, *cascade, d ** -0.5), device, iters=10)
             line += f"{tc / tp:>8.2f}"
         print(line)

@@ -174,3 +174,26 @@ def test_cascade_levels_follow_the_tree(long_ctx_model):
     spans = [sorted((g.start, g.end, len(g.rows)) for g in level) for level in levels]
     assert spans == [[(0, 120, 8)], [(120, 129, 4)] * 2, [(129, 136, 2)] * 4]
     assert starts == [136] * 8 and lengths == [137] * 8
+
+
+def test_samples_beyond_max_num_seqs_wait_their_turn(tiny_llama):
+    """n=6 with room for 4: the extra samples queue (their prompt is then a cache hit) and no step
+    runs more than 4 sequences; the samples are the same as with room for all."""
+    prompt = {"prompt_token_ids": [random.randrange(4, 384) for _ in range(30)]}
+    sp = SamplingParams(n=6, temperature=1.0, max_tokens=8, ignore_eos=True, seed=3)
+    outs, widest = [], []
+    for room in (16, 4):
+        llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048, max_num_seqs=room)
+        real, sizes = llm.scheduler.schedule, []
+
+        def spy(real=real, sizes=sizes, llm=llm):
+            batch = real()
+            sizes.append(len(llm.scheduler.running))
+            return batch
+
+        llm.scheduler.schedule = spy
+        outs.append([o.token_ids for o in llm.generate(prompt, sp)[0].outputs])
+        widest.append(max(sizes))
+        assert llm.stats()["computed_prompt_tokens"] == 30 + (0 if room == 16 else 2)   # last token, twice
+    assert widest == [6, 4]
+    assert outs[0] == outs[1]
