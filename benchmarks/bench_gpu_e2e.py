@@ -40,9 +40,10 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         save_random_model(folder, cfg)
         rows = []
-        for backend, cascade in (("triton", 1024), ("triton", None), ("torch", None)):
-            llm = LLM(folder, dtype="bfloat16", device="cuda", attention_backend=backend,
-                      kv_cache_tokens=args.prompt + args.beams * (args.tokens + 8) + 4096)
+        runs = (("triton", 1024, False), ("triton", 1024, True), ("triton", None, False), ("torch", None, True))
+        for backend, cascade, eager in runs:
+            llm = LLM(folder, dtype="bfloat16", device="cuda", attention_backend=backend, enforce_eager=eager,
+                      max_num_seqs=args.beams, kv_cache_tokens=args.prompt + args.beams * (args.tokens + 8) + 4096)
             llm.runner.cascade_min_work = cascade
             prompt = {"prompt_token_ids": torch.randint(2, cfg["vocab_size"], (args.prompt,)).tolist()}
             sp = SamplingParams(n=args.beams, temperature=1.0, max_tokens=args.tokens, ignore_eos=True, seed=0)
@@ -53,7 +54,8 @@ def main():
             torch.cuda.synchronize()
             dt = time.perf_counter() - t
             n = sum(len(o.token_ids) for o in out[0].outputs)
-            rows.append((f"{backend}{' + cascade' if cascade else ''}", n, dt))
+            name = f"{backend}{' + cascade' if cascade else ''}{', eager' if eager or backend == 'torch' else ', graphs'}"
+            rows.append((name, n, dt))
             del llm
             torch.cuda.empty_cache()
     n_params = (cfg["vocab_size"] * cfg["hidden_size"] + cfg["num_hidden_layers"] * (
@@ -68,9 +70,9 @@ def main():
     print(f"\n{torch.cuda.get_device_name()}; copy bandwidth {bw / 1e9:.0f} GB/s; {args.beams} beams, "
           f"{args.prompt}-token shared prompt, {args.tokens} new tokens each; {n_params / 1e9:.2f}B params bf16")
     print(f"roofline: {roof:,.0f} tok/s reading the prompt once, {roof_plain:,.0f} tok/s reading it per beam")
-    print(f"{'engine':<20}{'tokens':>8}{'seconds':>9}{'tok/s':>10}{'of roofline':>13}")
+    print(f"{'engine':<28}{'tokens':>8}{'seconds':>9}{'tok/s':>10}{'of roofline':>13}")
     for name, n, dt in rows:
-        print(f"{name:<20}{n:>8}{dt:>9.2f}{n / dt:>10,.0f}{n / dt / roof:>13.0%}")
+        print(f"{name:<28}{n:>8}{dt:>9.2f}{n / dt:>10,.0f}{n / dt / roof:>13.0%}")
 
 
 if __name__ == "__main__":

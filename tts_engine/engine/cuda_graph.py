@@ -64,6 +64,11 @@ class DecodeGraphs:
             prefill_max_q_len=0)
 
     def _forward(self, bs: int, cascade: bool) -> torch.Tensor:
+        # The Triton backend plans the level tiles in the first layer and caches the plan on the
+        # level: drop it so that the plan is made from this step's buffers (and, while capturing,
+        # recorded into the graph rather than frozen from the warm-up step).
+        for level in self.levels.get(bs, ()):
+            level.work = None
         hidden = self.model(self.input_ids[:bs], self.positions[:bs], self._meta(bs, cascade))
         return self.model.compute_logits(hidden)
 
@@ -72,19 +77,34 @@ class DecodeGraphs:
         pool = None
         for bs in reversed(self.sizes):          # largest first, so smaller graphs reuse its memory
             for cascade in (False, True) if bs >= 2 else (False,):
-                eager = self._forward(bs, cascade)   # also compiles the Triton kernels for these shapes
+                self._forward(bs, cascade)       # compiles the Triton kernels for these shapes
                 torch.cuda.synchronize(device)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool):
                     self.logits[:bs] = self._forward(bs, cascade)
                 pool = graph.pool()
                 self.graphs[bs, cascade] = graph
-                self.logits.zero_()
-                graph.replay()
-                torch.cuda.synchronize(device)
-                # Every row reads only the scratch slot here, so the replay must equal the eager step.
-                if not torch.allclose(self.logits[:bs], eager, rtol=1e-3, atol=1e-3):
-                    raise RuntimeError(f"CUDA graph for batch size {bs} does not reproduce the eager step")
+                self._check(bs, cascade, device)
+
+    def _check(self, bs: int, cascade: bool, device: torch.device) -> None:
+        """Replay against an eager step on inputs set after the capture, so that a graph that froze
+        anything from capture time (such as the tile plan) fails here instead of decoding wrongly.
+        Every row's own span is the scratch slot; with cascade, a level also groups all rows over
+        slot 0 (through row 0 of the table, which no sequence owns while graphs are captured)."""
+        if cascade:
+            self.slot_table[0, 0] = 0
+            level = self.levels[bs][0]
+            level.table_rows[0], level.starts[0], level.lens[0] = 0, 0, 1
+            level.group_rows[0] = torch.arange(bs, device=device)
+        eager = self._forward(bs, cascade)
+        self.logits.zero_()
+        self.graphs[bs, cascade].replay()
+        torch.cuda.synchronize(device)
+        if cascade:
+            level.lens.zero_()
+            level.group_rows.fill_(-1)
+        if not torch.allclose(self.logits[:bs], eager, rtol=1e-3, atol=1e-3):
+            raise RuntimeError(f"CUDA graph for batch size {bs} (cascade={cascade}) does not reproduce the eager step")
 
     def can_run(self, meta: AttentionMetadata) -> bool:
         return meta.num_decode <= self.max_bs and len(meta.cascade_levels or ()) <= MAX_LEVELS
@@ -115,7 +135,5 @@ class DecodeGraphs:
         if self.capture:
             self.graphs[bs, cascade].replay()
         else:
-            for level in self.levels.get(bs, ()):
-                level.work = None          # eagerly, the Triton plan is made again each step
             self.logits[:bs] = self._forward(bs, cascade)
         return self.logits[:n]
