@@ -43,24 +43,11 @@ class ModelRunner:
             layer.self_attn.attn.k_cache = self.kv_cache[i, 0]
             layer.self_attn.attn.v_cache = self.kv_cache[i, 1]
 
-    def sync_slot_table(self, seqs: list[Sequence]) -> None:
-        """Write the entries of the sequences' table rows that are not there yet, in one indexed copy."""
-        rows, cols, vals = [], [], []
-        for seq in seqs:
-            lo, hi = seq.num_synced, seq.num_computed
-            if lo < hi:
-                rows += [seq.row] * (hi - lo)
-                cols += range(lo, hi)
-                vals += seq.slots[lo:hi]
-                seq.num_synced = hi
-        if vals:
-            dev = self.device
-            self.slot_table[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = \
-                torch.tensor(vals, dtype=torch.int32, device=dev)
-
     def prepare(self, batch: ScheduledBatch):
-        """Pack the batch: (input_ids, positions, metadata, rows to sample, (seq, position, row) to keep)."""
-        self.sync_slot_table(batch.decode + [seq for seq, _, _ in batch.prefill])
+        """Pack the batch: (input_ids, positions, metadata, rows to sample, (seq, position, row) to keep).
+        Every integer the step needs goes to the device in one copy (on CUDA each separate upload
+        would be a synchronous copy of its own)."""
+        t_rows, t_cols, t_slots = self._table_updates(batch.decode + [seq for seq, _, _ in batch.prefill])
         ids, pos, slot_map, sample_rows, hidden_rows = [], [], [], [], []
         for seq in batch.decode:
             n = seq.num_computed - 1
@@ -82,25 +69,44 @@ class ModelRunner:
                 sample_rows.append(len(ids) - 1)
         levels, starts = self.cascade_levels(batch.decode)
         lens = [s.num_computed - st for s, st in zip(batch.decode, starts)]
+        level_lists = []
+        for groups in levels:
+            width = max(len(g.rows) for g in groups)
+            level_lists += [[g.table_row for g in groups], [g.start for g in groups], [g.end - g.start for g in groups],
+                            [r for g in groups for r in g.rows + [-1] * (width - len(g.rows))]]
+        (t_rows, t_cols, t_slots, ids, pos, slot_map, d_rows, d_starts, d_lens, p_rows, p_start, p_lens, p_kv,
+         *level_tensors) = _upload(self.device, t_rows, t_cols, t_slots, ids, pos, slot_map,
+                                   [s.row for s in batch.decode], starts, lens,
+                                   [seq.row for seq, _, _ in batch.prefill], q_start, q_lens, kv_lens_p, *level_lists)
+        if t_slots.numel():
+            self.slot_table[t_rows, t_cols] = t_slots.to(self.slot_table.dtype)
+        cascade = []
+        for k, groups in enumerate(levels):
+            rows_, starts_, lens_, members = level_tensors[4 * k:4 * k + 4]
+            cascade.append(CascadeLevel(rows_, starts_, lens_, members.view(len(groups), -1),
+                                        max(g.end - g.start for g in groups)))
         meta = AttentionMetadata(
-            slot_table=self.slot_table,
-            slot_mapping=self._long(slot_map),
-            num_decode=len(batch.decode),
-            decode_rows=self._long([s.row for s in batch.decode]),
-            decode_starts=self._long(starts),
-            decode_lens=self._long(lens),
-            decode_max_len=max(lens, default=0),
-            cascade_levels=[self._level(groups) for groups in levels] or None,
-            prefill_rows=self._long([seq.row for seq, _, _ in batch.prefill]),
-            prefill_q_start=self._long(q_start),
-            prefill_q_lens=self._long(q_lens),
-            prefill_kv_lens=self._long(kv_lens_p),
+            slot_table=self.slot_table, slot_mapping=slot_map, num_decode=len(batch.decode),
+            decode_rows=d_rows, decode_starts=d_starts, decode_lens=d_lens, decode_max_len=max(lens, default=0),
+            cascade_levels=cascade or None,
+            prefill_rows=p_rows, prefill_q_start=p_start, prefill_q_lens=p_lens, prefill_kv_lens=p_kv,
             prefill_max_q_len=max(q_lens, default=0),
         )
-        return self._long(ids), self._long(pos), meta, sample_rows, hidden_rows
+        return ids, pos, meta, sample_rows, hidden_rows
 
-    def _long(self, values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=self.device)
+    @staticmethod
+    def _table_updates(seqs: list[Sequence]) -> tuple[list[int], list[int], list[int]]:
+        """(row, column, slot) of every slot-table entry the sequences' rows lack: new tokens, and
+        rows rewritten after admission or after adopting the cache's copies of their slots."""
+        rows, cols, slots = [], [], []
+        for seq in seqs:
+            lo, hi = seq.num_synced, seq.num_computed
+            if lo < hi:
+                rows += [seq.row] * (hi - lo)
+                cols += range(lo, hi)
+                slots += seq.slots[lo:hi]
+                seq.num_synced = hi
+        return rows, cols, slots
 
     def capture_decode_graphs(self, max_batch_size: int, capture: bool = True) -> None:
         """Capture CUDA graphs of decode steps for batch sizes up to max_batch_size (capture=False:
@@ -151,13 +157,6 @@ class ModelRunner:
                 j, level = j + 1, level + 1
         return levels, starts
 
-    def _level(self, groups: list[SharedSpan]) -> CascadeLevel:
-        width = max(len(g.rows) for g in groups)
-        return CascadeLevel(self._long([g.table_row for g in groups]), self._long([g.start for g in groups]),
-                            self._long([g.end - g.start for g in groups]),
-                            self._long([g.rows + [-1] * (width - len(g.rows)) for g in groups]).view(len(groups), width),
-                            max(g.end - g.start for g in groups))
-
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Forward the batch; return the sequences that sample now and their logits [n, vocab]
@@ -171,6 +170,12 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[rows])
         seqs = list(batch.decode) + [s for s, _, e in batch.prefill if e == len(s) and s.hidden_positions is None]
         return seqs, logits
+
+
+def _upload(device: torch.device, *lists: list[int]) -> tuple[torch.Tensor, ...]:
+    """Integer lists as int64 tensors on the device: one copy, then views."""
+    flat = [x for xs in lists for x in xs]
+    return torch.tensor(flat, dtype=torch.long, device=device).split([len(xs) for xs in lists])
 
 
 @dataclass
