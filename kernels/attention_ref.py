@@ -151,10 +151,11 @@ def cascade_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
 
 def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_table: torch.Tensor,
                      seq_rows: torch.Tensor, q_start: torch.Tensor, q_lens: torch.Tensor, kv_lens: torch.Tensor,
-                     scale: float, sliding_window: int | None = None) -> torch.Tensor:
+                     scale: float, sliding_window: int | None = None, max_q_len: int | None = None) -> torch.Tensor:
     """New tokens of several sequences, packed in q ([tokens, heads, dim]; sequence b's are rows
     q_start[b] .. q_start[b] + q_lens[b]), attend to the first kv_lens[b] slots of slot_table row
-    seq_rows[b]: the cached prefix, then the new tokens themselves (already stored), causally."""
+    seq_rows[b]: the cached prefix, then the new tokens themselves (already stored), causally.
+    (max_q_len, the longest q_lens[b], sizes the Triton grid; unused here.)"""
     out = torch.empty_like(q)
     for s, n, kv_len, r in zip(q_start.tolist(), q_lens.tolist(), kv_lens.tolist(), seq_rows.tolist()):
         slots = slot_table[r, :kv_len].long()

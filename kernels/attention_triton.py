@@ -298,59 +298,73 @@ def cascade_decode_attention(q, k_cache, v_cache, slot_table, seq_rows, suffix_s
 
 # ---------------------------------------------------------------- extend (prefill)
 
+# Tile sizes for extend: Triton picks the fastest on the first call per (G, D) on a GPU (configs
+# that do not fit the chip are skipped); the interpreter gets one small tile.
+_EXTEND_CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32})] if UPCAST else [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1),
+]
+
+
+@triton.autotune(configs=_EXTEND_CONFIGS, key=["G", "D"])
 @triton.jit
 def _extend_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, table_ptr, trow_ptr, qstart_ptr, qlens_ptr, kvlens_ptr,
                    scale, window,
                    stride_qt, stride_qh, stride_ot, stride_oh, stride_cs, stride_ch, stride_t,
-                   G: tl.constexpr, D: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
-                   PRECISION: tl.constexpr):
-    # One program: BLOCK_M new tokens of one sequence, one query head. Keys run from the cached
-    # prefix (through the slot table) into the new tokens, causally, in one online softmax.
+                   G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+                   PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # One program: BLOCK_M // G new tokens of one sequence times the G query heads of one KV head
+    # (so each K/V block is loaded once for all of them). Keys run from the cached prefix
+    # (through the slot table) into the new tokens, causally, in one online softmax.
     b = tl.program_id(0)
-    h = tl.program_id(1)
+    kvh = tl.program_id(1)
     mblk = tl.program_id(2)
+    TOK: tl.constexpr = BLOCK_M // G      # tokens per tile
     q_len = tl.load(qlens_ptr + b)
-    if mblk * BLOCK_M >= q_len:
+    if mblk * TOK >= q_len:
         return
     q_start = tl.load(qstart_ptr + b)
     kv_len = tl.load(kvlens_ptr + b)
-    kvh = h // G
-    offs_m = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
-    mm = offs_m < q_len
-    q_pos = kv_len - q_len + offs_m
+    offs = tl.arange(0, BLOCK_M)
+    t_in = mblk * TOK + offs // G
+    heads = kvh * G + offs % G
+    mm = (offs < TOK * G) & (t_in < q_len)
+    q_pos = kv_len - q_len + t_in
     offs_d = tl.arange(0, BLOCK_D)
     md = offs_d < D
-    tok = (q_start + offs_m).to(tl.int64)
-    q = tl.load(q_ptr + tok[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+    tok = (q_start + t_in).to(tl.int64)
+    q = tl.load(q_ptr + tok[:, None] * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=mm[:, None] & md[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    hi = tl.minimum(kv_len, kv_len - q_len + (mblk + 1) * BLOCK_M)
+    hi = tl.minimum(kv_len, kv_len - q_len + (mblk + 1) * TOK)
     lo = kv_len * 0       # int64 like kv_len: the compiler rejects a branch that changes lo's type
     if window > 0:
-        lo = tl.maximum(kv_len - q_len + mblk * BLOCK_M - window + 1, 0)
+        lo = tl.maximum(kv_len - q_len + mblk * TOK - window + 1, 0)
     slots_ptr = table_ptr + tl.load(trow_ptr + b).to(tl.int64) * stride_t
     out, _ = _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, lo, hi, kvh, stride_cs, stride_ch,
                            offs_d, md, scale, q_pos, window, BLOCK_M, BLOCK_D, BLOCK_N, True, UPCAST, PRECISION)
-    tl.store(out_ptr + tok[:, None] * stride_ot + h * stride_oh + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=mm[:, None] & md[None, :])
+    tl.store(out_ptr + tok[:, None] * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=mm[:, None] & md[None, :])
 
 
 def extend_attention(q, k_cache, v_cache, slot_table, seq_rows, q_start, q_lens, kv_lens, scale, sliding_window=None,
-                     max_q_len: int | None = None, block_m: int = 32, block_n: int = 32):
+                     max_q_len: int | None = None):
     """New tokens of several sequences (packed in q: [tokens, heads, dim]) attend to their cached
     prefix and causally to themselves; their own K/V are already stored."""
     t, h, d = q.shape
     hkv = k_cache.shape[1]
+    g = h // hkv
     if q.stride(2) != 1:
         q = q.contiguous()
     out = torch.empty_like(q)
     if max_q_len is None:
         max_q_len = int(q_lens.max())
-    grid = (q_lens.shape[0], h, triton.cdiv(max_q_len, block_m))
-    _extend_kernel[grid](q, k_cache, v_cache, out, slot_table, seq_rows, q_start, q_lens, kv_lens, scale, sliding_window or 0,
-                         q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1),
-                         slot_table.stride(0), G=h // hkv, D=d, BLOCK_M=block_m, BLOCK_D=_pow2(d), BLOCK_N=block_n,
-                         UPCAST=UPCAST, PRECISION=_precision(q))
+    grid = lambda meta: (q_lens.shape[0], hkv, triton.cdiv(max_q_len, meta["BLOCK_M"] // g))   # noqa: E731
+    _extend_kernel[grid](q, k_cache, v_cache, out, slot_table, seq_rows, q_start, q_lens, kv_lens, scale,
+                         sliding_window or 0, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+                         k_cache.stride(0), k_cache.stride(1), slot_table.stride(0),
+                         G=g, D=d, BLOCK_D=_pow2(d), UPCAST=UPCAST, PRECISION=_precision(q))
     return out

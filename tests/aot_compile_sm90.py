@@ -17,10 +17,12 @@ TARGET = GPUTarget("cuda", 90, 32)
 
 
 def compile_kernel(fn, types: dict, consts: dict) -> None:
+    consts = dict(consts)
+    options = {k: consts.pop(k) for k in ("num_warps", "num_stages") if k in consts}
     params = list(inspect.signature(fn.fn).parameters)
     signature = {p: "constexpr" if p in consts else types.get(p, "i32") for p in params}
     constexprs = {(params.index(p),): v for p, v in consts.items()}
-    triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=TARGET)
+    triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=TARGET, options=options)
 
 
 def main() -> int:
@@ -36,8 +38,11 @@ def main() -> int:
              dict(WIDTH=512, BLOCK=512)),
             ("reduce", at._reduce_kernel, dict(part_out_ptr="*fp32", part_lse_ptr="*fp32", out_ptr=p, lse_ptr="*fp32"),
              dict(D=128, S=18, BLOCK_S=32, BLOCK_D=128)),
-            ("extend", at._extend_kernel, attn,
-             dict(G=4, D=128, BLOCK_M=32, BLOCK_D=128, BLOCK_N=32, UPCAST=False, PRECISION=precision)),
+            # extend is autotuned: compile every GPU tile config
+            *[(f"extend {c.kwargs}", at._extend_kernel.fn, attn,
+               dict(G=g, D=d, BLOCK_D=d, UPCAST=False, PRECISION=precision, **c.kwargs,
+                    num_warps=c.num_warps, num_stages=c.num_stages))
+              for c in at._EXTEND_CONFIGS for g, d in ((4, 64), (1, 128))],
             ("partial: cascade level", at._partial_kernel, attn,
              dict(G=4, D=64, N_ROWS=16, NUM_SPLITS=4, SPLIT_OFFSET=2, HAS_WORK=True, BLOCK_M=64, BLOCK_D=64,
                   BLOCK_N=32, UPCAST=False, PRECISION=precision)),

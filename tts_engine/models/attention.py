@@ -67,6 +67,6 @@ class Attention(torch.nn.Module):
         if meta.prefill_max_q_len:
             outs.append(ops.extend_attention(q[nd:], self.k_cache, self.v_cache, meta.slot_table, meta.prefill_rows,
                                              meta.prefill_q_start, meta.prefill_q_lens, meta.prefill_kv_lens,
-                                             self.scale, self.sliding_window))
+                                             self.scale, self.sliding_window, meta.prefill_max_q_len))
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out.reshape(-1, self.num_heads * self.head_dim)
