@@ -8,7 +8,8 @@
 //
 // Semantics match tts_engine/engine/sampler.py: temperature, then top-k (0 = off), then top-p
 // (1 = off) on the top-k-renormalised distribution. Tokens tied with the threshold value are all
-// kept (a measure-zero difference from the sorted-order rule).
+// kept, where the sorted-order rule keeps only some of them: logits computed in bf16 do tie, so
+// the kept set can then be a few tokens larger than the torch path's.
 #include <cuda_runtime.h>
 #include <stdint.h>
 

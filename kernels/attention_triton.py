@@ -1,14 +1,16 @@
 """Triton kernels for paged attention over the token-granular KV pool (page size 1).
 
-Same signatures and layout as kernels/attention_ref.py (k_cache / v_cache: [slots, kv_heads, dim]).
-On the CPU they run under TRITON_INTERPRET=1 (tests); on CUDA they are the attention backend.
+Same signatures and layout as kernels/attention_ref.py (k_cache / v_cache: [slots, kv_heads, dim];
+each sequence's slots in its row of the slot table; attention reads (row, start, length) spans).
 
-Decode is split-KV ("flash decoding"). Stage 1 (one kernel) gives each (group, KV head, query
-tile, split) program the query heads of that KV head for every row of the group as one tile, so
-K/V are read once per tile and the products are tl.dot's; it writes a partial output and its LSE.
-Plain decode uses groups of one row over its own context; cascade decode adds groups of many
-rows over each shared prefix, writing more partials into the same buffer. Stage 2 merges all
-partials of a row by log-sum-exp, which is also the prefix/suffix merge.
+Decode is split-KV ("flash decoding"). Stage 1 (one kernel) gives each (tile, KV head, split)
+program the query heads of that KV head for the rows of one tile as one [BLOCK_M, D] block, so K/V
+are read once per tile and the products are tl.dot's; it writes a partial output and its LSE.
+Plain decode: every row is a group (and a tile) of its own over its own span. Cascade decode adds,
+per level, groups of many rows over each shared span, tiled by a work list (plan_level) whose
+length depends only on shapes, so CUDA graphs can replay it. Stage 2 merges all partials of a row
+by log-sum-exp, which is also the prefix/suffix merge. Extend (prefill) tiles new tokens times the
+query heads of a KV head in the same way, causally, in one online softmax.
 """
 from __future__ import annotations
 
@@ -111,18 +113,18 @@ def _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stri
 @triton.jit
 def _partial_kernel(
         q_ptr, kc_ptr, vc_ptr, table_ptr, trow_ptr, tstart_ptr, tlen_ptr, rows_ptr, work_ptr,
-        part_out_ptr, part_lse_ptr, scale, window,
+        part_out_ptr, part_lse_ptr, scale, window, n_rows, num_splits, split_offset,
         stride_qb, stride_qh, stride_cs, stride_ch, stride_t, stride_rg,
         stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
-        G: tl.constexpr, D: tl.constexpr, N_ROWS: tl.constexpr, NUM_SPLITS: tl.constexpr,
-        SPLIT_OFFSET: tl.constexpr, HAS_WORK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+        G: tl.constexpr, D: tl.constexpr, HAS_WORK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     # One program: one tile of a group of decode rows that share the span (table row trow[grp],
     # columns tstart[grp] .. + tlen[grp]), one KV head, one split of the span. The tile holds the
     # query heads of that KV head for BLOCK_M // G rows of the group, so each K/V block is loaded
     # once for all of them. Plain decode: every row is a group of one, program (row, head, split).
     # Cascade levels: the work list names (group, first row) per tile; -1 entries pad it to a
-    # fixed length so that CUDA graphs can replay it.
+    # fixed length so that CUDA graphs can replay it. Group widths, split counts and offsets are
+    # runtime ints: as constexprs every new batch shape would compile a new kernel.
     w = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -138,7 +140,9 @@ def _partial_kernel(
     lo = length * 0       # same int type as length: the compiler rejects a branch that changes lo's type
     if window > 0:
         lo = tl.maximum(length - window, 0)
-    per = tl.cdiv(length - lo, NUM_SPLITS)
+    # at least 4 blocks per split: short spans (a beam's own tokens under a graph's 16 splits)
+    # leave the later splits empty, and those write only an LSE of -inf
+    per = tl.maximum(tl.cdiv(length - lo, num_splits), 4 * BLOCK_N)
     start = lo + split * per
     end = tl.minimum(start + per, length)
     slots_ptr = table_ptr + tl.load(trow_ptr + grp).to(tl.int64) * stride_t + tl.load(tstart_ptr + grp)
@@ -147,7 +151,7 @@ def _partial_kernel(
     ROWS_PER_TILE: tl.constexpr = BLOCK_M // G
     r_in = first + offs_m // G
     g_in = offs_m % G
-    mm = (offs_m < ROWS_PER_TILE * G) & (r_in < N_ROWS)
+    mm = (offs_m < ROWS_PER_TILE * G) & (r_in < n_rows)
     rows = tl.load(rows_ptr + grp * stride_rg + r_in, mask=mm, other=-1)
     mm = mm & (rows >= 0)
     rows = tl.where(mm, rows, 0).to(tl.int64)
@@ -161,9 +165,10 @@ def _partial_kernel(
 
     out, lse = _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stride_ch,
                              offs_d, md, scale, offs_m, 0, BLOCK_M, BLOCK_D, BLOCK_N, False, UPCAST, PRECISION)
-    s_idx = SPLIT_OFFSET + split
-    tl.store(part_out_ptr + rows[:, None] * stride_pb + heads[:, None] * stride_ph + s_idx * stride_ps
-             + offs_d[None, :], out, mask=mm[:, None] & md[None, :])
+    s_idx = split_offset + split
+    if start < end:
+        tl.store(part_out_ptr + rows[:, None] * stride_pb + heads[:, None] * stride_ph + s_idx * stride_ps
+                 + offs_d[None, :], out, mask=mm[:, None] & md[None, :])
     tl.store(part_lse_ptr + rows * stride_lb + heads * stride_lh + s_idx, lse, mask=mm)
 
 
@@ -172,7 +177,9 @@ def _partial_kernel(
 @triton.jit
 def _reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr,
                    stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh, stride_xb,
-                   D: tl.constexpr, S: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+                   S, D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    # Partials with an LSE of -inf (empty splits, levels a row is not in) are never read: their
+    # outputs were not written.
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -184,7 +191,7 @@ def _reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr,
     w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)
     total = tl.sum(w, 0)
     parts = tl.load(part_out_ptr + b * stride_pb + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :],
-                    mask=ms[:, None] & md[None, :], other=0.0)
+                    mask=(ms & (lse > float("-inf")))[:, None] & md[None, :], other=0.0)
     out = tl.sum(parts * w[:, None], 0) / total
     tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=md)
     tl.store(lse_ptr + b * stride_xb + h, m + tl.log(total))
@@ -231,10 +238,10 @@ def _launch_partials(q, k_cache, v_cache, slot_table, trows, tstarts, tlens, gro
     items = group_rows.shape[0] if work is None else work.shape[0]
     _partial_kernel[(items, k_cache.shape[1], num_splits)](
         q, k_cache, v_cache, slot_table, trows, tstarts, tlens, group_rows, trows if work is None else work,
-        part_out, part_lse, scale, window or 0,
+        part_out, part_lse, scale, window or 0, n_rows, num_splits, offset,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), slot_table.stride(0), group_rows.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
-        G=g, D=d, N_ROWS=n_rows, NUM_SPLITS=num_splits, SPLIT_OFFSET=offset, HAS_WORK=work is not None,
+        G=g, D=d, HAS_WORK=work is not None,
         BLOCK_M=_tile_m(g, n_rows), BLOCK_D=_pow2(d), BLOCK_N=BLOCK_N, UPCAST=UPCAST, PRECISION=_precision(q))
 
 
@@ -251,7 +258,7 @@ def _reduce(part_out, part_lse, q):
     _reduce_kernel[(b, h)](part_out, part_lse, out, lse,
                            part_out.stride(0), part_out.stride(1), part_out.stride(2),
                            part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1), lse.stride(0),
-                           D=d, S=s, BLOCK_S=triton.next_power_of_2(s), BLOCK_D=triton.next_power_of_2(d))
+                           s, D=d, BLOCK_S=triton.next_power_of_2(s), BLOCK_D=triton.next_power_of_2(d))
     return out, lse
 
 
@@ -282,7 +289,7 @@ def cascade_decode_attention(q, k_cache, v_cache, slot_table, seq_rows, suffix_s
     s_splits = _num_splits(max_suffix_len, BLOCK_N)
     p_splits = [_num_splits(level.max_len, BLOCK_N) for level in levels]
     total = s_splits + sum(p_splits)
-    part_out = torch.zeros(b, h, total, d, dtype=torch.float32, device=q.device)
+    part_out = torch.empty(b, h, total, d, dtype=torch.float32, device=q.device)
     part_lse = torch.full((b, h, total), float("-inf"), dtype=torch.float32, device=q.device)
     _launch_partials(q, k_cache, v_cache, slot_table, seq_rows, suffix_starts, suffix_lens, _own_rows(q), None, scale,
                      None, part_out, part_lse, s_splits, 0)
@@ -308,16 +315,18 @@ _EXTEND_CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32})] if UPCAST else
 ]
 
 
-@triton.autotune(configs=_EXTEND_CONFIGS, key=["G", "D"])
+@triton.autotune(configs=_EXTEND_CONFIGS, key=["G", "D", "q_bucket"])
 @triton.jit
 def _extend_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, table_ptr, trow_ptr, qstart_ptr, qlens_ptr, kvlens_ptr,
-                   scale, window,
+                   scale, window, q_bucket,
                    stride_qt, stride_qh, stride_ot, stride_oh, stride_cs, stride_ch, stride_t,
                    G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
                    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # One program: BLOCK_M // G new tokens of one sequence times the G query heads of one KV head
     # (so each K/V block is loaded once for all of them). Keys run from the cached prefix
     # (through the slot table) into the new tokens, causally, in one online softmax.
+    # (q_bucket, the longest chunk rounded up to a power of two, only keys the autotuner: a
+    # one-token chunk and a 2k-token prompt want different tiles.)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     mblk = tl.program_id(2)
@@ -364,7 +373,7 @@ def extend_attention(q, k_cache, v_cache, slot_table, seq_rows, q_start, q_lens,
         max_q_len = int(q_lens.max())
     grid = lambda meta: (q_lens.shape[0], hkv, triton.cdiv(max_q_len, meta["BLOCK_M"] // g))   # noqa: E731
     _extend_kernel[grid](q, k_cache, v_cache, out, slot_table, seq_rows, q_start, q_lens, kv_lens, scale,
-                         sliding_window or 0, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+                         sliding_window or 0, min(triton.next_power_of_2(max_q_len), 4096), q.stride(0), q.stride(1), out.stride(0), out.stride(1),
                          k_cache.stride(0), k_cache.stride(1), slot_table.stride(0),
                          G=g, D=d, BLOCK_D=_pow2(d), UPCAST=UPCAST, PRECISION=_precision(q))
     return out

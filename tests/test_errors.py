@@ -144,3 +144,19 @@ def test_encode_rejects_bad_positions_without_queueing_anything(llm):
     with pytest.raises(ValueError, match="positions must be"):
         llm.encode([[5, 6, 7], [8, 9]], positions=[[0, 2], [5]])
     assert not llm.scheduler.has_work()
+
+
+def test_cuda_device_selection(monkeypatch, tmp_path):
+    """On a (pretend, single-GPU) CUDA machine "cuda" means the current GPU and becomes current for
+    Triton and CUDA graphs; a GPU index that is not there is refused by name."""
+    import torch
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    with pytest.raises(FileNotFoundError):      # gets past device selection to the (missing) model
+        LLM(str(tmp_path / "missing"), device="cuda")
+    assert chosen == [torch.device("cuda", 0)]
+    with pytest.raises(ValueError, match="cuda:3.*only 1 GPU"):
+        LLM(str(tmp_path / "missing"), device="cuda:3")

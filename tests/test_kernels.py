@@ -245,7 +245,7 @@ def test_engine_triton_backend_matches_torch_backend(tmp_path):
     outs = {}
     for backend in ("torch", "triton"):
         llm = LLM(tiny_llama, dtype="float32", device=DEVICE, kv_cache_tokens=1024, attention_backend=backend,
-                  max_num_batched_tokens=32)
+                  max_num_batched_tokens=32, max_num_seqs=16)
         llm.runner.cascade_min_work = 8      # make the cascade path run
         outs[backend] = [[o.token_ids for o in r.outputs] for r in llm.generate(prompts, sp)]
     assert outs["triton"] == outs["torch"]

@@ -31,17 +31,15 @@ class DecodeGraphs:
     def __init__(self, model: CausalLM, slot_table: torch.Tensor, pad_row: int, scratch_slot: int, max_bs: int,
                  device: torch.device, capture: bool = True):
         """capture=False runs the same static-buffer steps eagerly (tests the buffer handling on a CPU)."""
-        self.model, self.slot_table, self.pad_row, self.scratch_slot = model, slot_table, pad_row, scratch_slot
+        self.model, self.slot_table = model, slot_table
         self.sizes = graph_batch_sizes(max_bs)
         self.max_bs = n = self.sizes[-1]
         self.capture = capture
         long = dict(dtype=torch.long, device=device)
-        self.input_ids = torch.zeros(n, **long)
-        self.positions = torch.zeros(n, **long)
-        self.slot_mapping = torch.full((n,), scratch_slot, **long)
-        self.rows = torch.full((n,), pad_row, **long)
-        self.starts = torch.zeros(n, **long)
-        self.lens = torch.ones(n, **long)
+        # per-row inputs in one tensor, so that a step fills them with one copy (and one for padding)
+        self.pad = torch.tensor([0, 0, scratch_slot, pad_row, 0, 1], **long)[:, None]
+        self.inputs = self.pad.repeat(1, n)
+        self.input_ids, self.positions, self.slot_mapping, self.rows, self.starts, self.lens = self.inputs
         g = max(1, n // 2)
         self.level_bufs = [(torch.zeros(g, **long), torch.zeros(g, **long), torch.zeros(g, **long),
                             torch.full((g, n), -1, **long)) for _ in range(MAX_LEVELS)]
@@ -114,12 +112,9 @@ class DecodeGraphs:
         """Replay the smallest captured graph that holds the batch; returns logits [n, vocab]."""
         n = input_ids.shape[0]
         bs = next(b for b in self.sizes if b >= n)
-        for buf, src, pad in ((self.input_ids, input_ids, 0), (self.positions, positions, 0),
-                              (self.slot_mapping, meta.slot_mapping, self.scratch_slot),
-                              (self.rows, meta.decode_rows, self.pad_row), (self.starts, meta.decode_starts, 0),
-                              (self.lens, meta.decode_lens, 1)):
-            buf[:n] = src
-            buf[n:bs] = pad      # padding rows: a one-token context at the scratch slot
+        self.inputs[:, :n] = torch.stack([input_ids, positions, meta.slot_mapping, meta.decode_rows,
+                                          meta.decode_starts, meta.decode_lens])
+        self.inputs[:, n:bs] = self.pad      # padding rows: a one-token context at the scratch slot
         cascade = bool(meta.cascade_levels)
         if cascade:
             for k, level in enumerate(self.levels[bs]):

@@ -40,6 +40,14 @@ class LLM:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but CUDA is not available (this torch: {torch.__version__})")
+        if self.device.type == "cuda":
+            # Triton launches and CUDA graphs use the current device: make it ours (cuda:1 etc.).
+            # (set_device needs an index: plain "cuda" means the current device.)
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            if self.device.index >= torch.cuda.device_count():
+                raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+            torch.cuda.set_device(self.device)
         ckpt = find_checkpoint(model)
         self.config = cfg = ckpt.config
         self.dtype = _resolve_dtype(dtype, cfg.torch_dtype, self.device)
