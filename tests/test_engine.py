@@ -97,7 +97,8 @@ def test_resubmitting_a_prefix_plus_a_step_computes_only_the_tail(long_ctx_model
 def test_prompts_with_a_common_prefix_in_one_batch_compute_it_once(long_ctx_model):
     llm = LLM(long_ctx_model, dtype="float32", device="cpu", kv_cache_tokens=8192)
     prefix = [random.randrange(4, 384) for _ in range(300)]
-    tails = [[random.randrange(4, 384) for _ in range(7)] for _ in range(4)]
+    # distinct first tokens: tails that happened to start alike would share more than the prefix
+    tails = [[first] + [random.randrange(4, 384) for _ in range(6)] for first in random.sample(range(4, 384), 4)]
     llm.generate([{"prompt_token_ids": prefix + t} for t in tails], SamplingParams(temperature=0, max_tokens=2))
     st = llm.stats()
     assert st["computed_prompt_tokens"] == 300 + 4 * 7
@@ -117,10 +118,12 @@ def test_encode_reuses_the_cached_prefix(tiny_llama):
 def beam_tree_prompts() -> list[list[int]]:
     """Beam-search shape after two rounds: one prompt, two beams of one step each, and two
     children per beam with a step of their own."""
-    rand = lambda n: [random.randrange(4, 384) for _ in range(n)]   # noqa: E731
-    prompt = rand(120)
-    beams = [prompt + rand(9) for _ in range(2)]
-    return [b + rand(7) for b in beams for _ in range(2)]
+    def steps(n: int, count: int) -> list[list[int]]:   # distinct first tokens, so the tree is exactly this
+        return [[first] + [random.randrange(4, 384) for _ in range(n - 1)] for first in random.sample(range(4, 384), count)]
+
+    prompt = steps(120, 1)[0]
+    beams = [prompt + s for s in steps(9, 2)]
+    return [b + s for b in beams for s in steps(7, 2)]
 
 
 def run_with_levels(llm: LLM, prompts, sp) -> tuple[list, list[int]]:
