@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from tts_engine.kernels.attention_ref import CascadeLevel
+from tts_engine.kernels.attention_ref import Spans
 
 
 def timeit(fn, device, iters=20, warmup=3) -> float:
@@ -49,9 +49,9 @@ def make_case(n_seqs, prefix, own, hq, hkv, d, dtype, device):
     q = torch.randn(n_seqs, hq, d, device=device, dtype=dtype)
     rows = torch.arange(n_seqs, device=device)
     full = lambda x: torch.full((n_seqs,), x, device=device)   # noqa: E731
-    plain = (table, rows, full(0), full(prefix + own), prefix + own)
-    level = CascadeLevel(rows[:1], full(0)[:1], full(prefix)[:1], rows[None], prefix)
-    cascade = (table, rows, full(prefix), full(own), own, [level])
+    plain = (table, Spans(rows, full(0), full(prefix + own), prefix + own))
+    level = Spans(rows[:1], full(0)[:1], full(prefix)[:1], prefix, rows[None])
+    cascade = (table, Spans(rows, full(prefix), full(own), own), [level])
     return q, kc, vc, plain, cascade
 
 

@@ -12,7 +12,7 @@ These functions are the CPU backend and the oracles the Triton kernels are teste
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -52,52 +52,58 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def spans(slot_table: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, lens: torch.Tensor,
-          width: int) -> torch.Tensor:
-    """[n, width] slots: row i is slot_table[rows[i], starts[i] : starts[i] + lens[i]], padded
-    with slot 0 (table entries past a span are stale; callers mask the padding by length)."""
-    offs = torch.arange(width, device=starts.device)
-    cols = (starts[:, None] + offs).clamp_(max=slot_table.shape[1] - 1)
-    return slot_table[rows[:, None], cols].long().masked_fill_(offs >= lens[:, None], 0)
+@dataclass
+class Spans:
+    """Stretches of the slot table that decode rows attend to: span j is lens[j] slots of table row
+    table_rows[j] from column starts[j] on (max_len >= every lens[j]). Without group_rows, span b
+    belongs to decode row b. With group_rows ([spans, max rows], padded with -1) it is a cascade
+    level: span j is shared by the rows group_rows[j] and read once for all of them.
+    The runner makes new Spans every step; `cache` holds what a backend derives from them once
+    for all layers (the slots gathered by the torch backend, the Triton tile plan)."""
+    table_rows: torch.Tensor
+    starts: torch.Tensor
+    lens: torch.Tensor
+    max_len: int
+    group_rows: torch.Tensor | None = None
+    cache: dict = field(default_factory=dict)
+
+
+def span_slots(slot_table: torch.Tensor, spans: Spans) -> torch.Tensor:
+    """[n, max_len] slots of each span, padded with slot 0 (table entries past a span are stale;
+    callers mask the padding by length). Gathered once per step and cached on the spans."""
+    slots = spans.cache.get("slots")
+    if slots is None:
+        width = max(spans.max_len, 1)
+        offs = torch.arange(width, device=spans.starts.device)
+        cols = (spans.starts[:, None] + offs).clamp_(max=slot_table.shape[1] - 1)
+        slots = slot_table[spans.table_rows[:, None], cols].long().masked_fill_(offs >= spans.lens[:, None], 0)
+        spans.cache["slots"] = slots
+    return slots
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_table: torch.Tensor,
-                     seq_rows: torch.Tensor, kv_starts: torch.Tensor, kv_lens: torch.Tensor, max_len: int,
-                     scale: float, sliding_window: int | None = None, return_lse: bool = False):
-    """One query token per sequence, attending to kv_lens[b] slots of slot_table row seq_rows[b]
-    from column kv_starts[b] on (max_len >= every kv_lens[b]).
+                     spans: Spans, scale: float, sliding_window: int | None = None, return_lse: bool = False):
+    """One query token per sequence, attending to its span of the slot table.
     q: [batch, heads, dim] -> out [batch, heads, dim] (and lse [batch, heads] if asked)."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
-    table = spans(slot_table, seq_rows, kv_starts, kv_lens, max(max_len, 1))
+    table = span_slots(slot_table, spans)
     k = gather(k_cache, table).transpose(1, 2)      # [b, hkv, s, d]
     v = gather(v_cache, table).transpose(1, 2)
     pos = torch.arange(table.shape[1], device=q.device)
-    valid = pos[None, :] < kv_lens[:, None]
+    valid = pos[None, :] < spans.lens[:, None]
     if sliding_window is not None:
-        valid &= pos[None, :] > (kv_lens[:, None] - 1 - sliding_window)
+        valid &= pos[None, :] > (spans.lens[:, None] - 1 - sliding_window)
     # the g query heads of a KV head act as g query rows against that head's keys (GQA)
     out, lse = attention_with_lse(q.view(b, hkv, h // hkv, d), k, v, valid[:, None, None, :], scale)
     out = out.reshape(b, h, d)
     return (out, lse.reshape(b, h)) if return_lse else out
 
 
-@dataclass
-class CascadeLevel:
-    """Groups of decode rows that share a stretch of context: the rows group_rows[j] (padded with
-    -1) all read the lens[j] slots of slot_table row table_rows[j] from column starts[j] on."""
-    table_rows: torch.Tensor   # [groups]
-    starts: torch.Tensor       # [groups]
-    lens: torch.Tensor         # [groups]
-    group_rows: torch.Tensor   # [groups, max rows in a group]
-    max_len: int               # >= every lens[j]
-    work: torch.Tensor | None = None   # filled by the Triton backend on first use: its tile plan, reused by every layer
-
-
 def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_table: torch.Tensor,
-                            level: CascadeLevel, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode queries grouped under shared tree nodes attend to their group's span, whose K/V are
-    read once for the whole group. q: [batch, heads, dim].
+                            level: Spans, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode queries grouped by a cascade level attend to their group's span, whose K/V are read
+    once for the whole group. q: [batch, heads, dim].
     Returns (out [batch, heads, dim], lse [batch, heads]); rows in no group get lse = -inf."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
@@ -106,7 +112,7 @@ def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     pad = level.group_rows < 0
     # all n*g query rows of a group's KV head face the same keys: one attention per (group, KV head)
     qg = q[level.group_rows.masked_fill(pad, 0)].view(ng, n, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(ng, hkv, n * g, d)
-    table = spans(slot_table, level.table_rows, level.starts, level.lens, max(level.max_len, 1))
+    table = span_slots(slot_table, level)
     k = gather(k_cache, table).transpose(1, 2)      # [ng, hkv, p, d]
     v = gather(v_cache, table).transpose(1, 2)
     valid = torch.arange(table.shape[1], device=q.device)[None, :] < level.lens[:, None]
@@ -134,15 +140,12 @@ def merge_attention(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tenso
 
 
 def cascade_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                             slot_table: torch.Tensor, seq_rows: torch.Tensor, suffix_starts: torch.Tensor,
-                             suffix_lens: torch.Tensor, max_suffix_len: int, levels: list[CascadeLevel],
-                             scale: float) -> torch.Tensor:
+                             slot_table: torch.Tensor, own: Spans, levels: list[Spans], scale: float) -> torch.Tensor:
     """Decode attention where sequences share prefixes, possibly at several depths (the problem
     prompt for all beams, then each beam's own steps for its children). No row is in two groups of
-    one level; the levels cover consecutive, disjoint stretches of each row's context and its
-    suffix span (suffix_lens[b] >= 1 slots) the rest. All parts are merged by LSE."""
-    out, lse = decode_attention(q, k_cache, v_cache, slot_table, seq_rows, suffix_starts, suffix_lens,
-                                max_suffix_len, scale, return_lse=True)
+    one level; the levels cover consecutive, disjoint stretches of each row's context and its own
+    span (own.lens[b] >= 1 slots) the rest. All parts are merged by LSE."""
+    out, lse = decode_attention(q, k_cache, v_cache, slot_table, own, scale, return_lse=True)
     for level in levels:
         out_p, lse_p = shared_prefix_attention(q, k_cache, v_cache, slot_table, level, scale)
         out, lse = merge_attention(out_p, lse_p, out, lse)

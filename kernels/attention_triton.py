@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tts_engine.kernels.attention_ref import CascadeLevel
+from tts_engine.kernels.attention_ref import Spans
 
 
 # Triton's CPU interpreter gets tl.dot wrong on bfloat16 tiles (numpy has no bfloat16), so there
@@ -211,7 +211,7 @@ def _tile_m(g: int, rows: int) -> int:
     return min(CASCADE_BLOCK_M, _pow2(rows * g)) if rows > 1 else _pow2(g)
 
 
-def plan_level(level: CascadeLevel, batch: int, g: int) -> torch.Tensor:
+def plan_level(level: Spans, batch: int, g: int) -> torch.Tensor:
     """The work list of a cascade level: one (group, first row) pair per tile of BLOCK_M // g rows,
     padded with -1 to groups + ceil(batch / rows per tile) entries, a length that depends only on
     shapes (no host sync, so CUDA graphs capture it; rows of a level are disjoint, so that bounds it)."""
@@ -262,23 +262,21 @@ def _reduce(part_out, part_lse, q):
     return out, lse
 
 
-def decode_attention(q, k_cache, v_cache, slot_table, seq_rows, kv_starts, kv_lens, max_len, scale,
-                     sliding_window=None, return_lse=False):
+def decode_attention(q, k_cache, v_cache, slot_table, spans: Spans, scale, sliding_window=None, return_lse=False):
     """One query token per sequence over its span of the slot table (see attention_ref). q: [batch, heads, dim]."""
     b, h, d = q.shape
     if q.stride(2) != 1:
         q = q.contiguous()
-    splits = _num_splits(max_len, BLOCK_N)
+    splits = _num_splits(spans.max_len, BLOCK_N)
     part_out = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(b, h, splits, dtype=torch.float32, device=q.device)
-    _launch_partials(q, k_cache, v_cache, slot_table, seq_rows, kv_starts, kv_lens, _own_rows(q), None, scale,
-                     sliding_window, part_out, part_lse, splits, 0)
+    _launch_partials(q, k_cache, v_cache, slot_table, spans.table_rows, spans.starts, spans.lens, _own_rows(q), None,
+                     scale, sliding_window, part_out, part_lse, splits, 0)
     out, lse = _reduce(part_out, part_lse, q)
     return (out, lse) if return_lse else out
 
 
-def cascade_decode_attention(q, k_cache, v_cache, slot_table, seq_rows, suffix_starts, suffix_lens, max_suffix_len,
-                             levels: list[CascadeLevel], scale):
+def cascade_decode_attention(q, k_cache, v_cache, slot_table, own: Spans, levels: list[Spans], scale):
     """Decode attention where sequences share prefixes at one or more levels (see
     attention_ref.cascade_decode_attention). Each group's span is read once per (KV head, tile)
     for all its queries; every level writes its own partials, one reduce merges them all."""
@@ -286,19 +284,20 @@ def cascade_decode_attention(q, k_cache, v_cache, slot_table, seq_rows, suffix_s
     if q.stride(2) != 1:
         q = q.contiguous()
     g = h // k_cache.shape[1]
-    s_splits = _num_splits(max_suffix_len, BLOCK_N)
+    s_splits = _num_splits(own.max_len, BLOCK_N)
     p_splits = [_num_splits(level.max_len, BLOCK_N) for level in levels]
     total = s_splits + sum(p_splits)
     part_out = torch.empty(b, h, total, d, dtype=torch.float32, device=q.device)
     part_lse = torch.full((b, h, total), float("-inf"), dtype=torch.float32, device=q.device)
-    _launch_partials(q, k_cache, v_cache, slot_table, seq_rows, suffix_starts, suffix_lens, _own_rows(q), None, scale,
+    _launch_partials(q, k_cache, v_cache, slot_table, own.table_rows, own.starts, own.lens, _own_rows(q), None, scale,
                      None, part_out, part_lse, s_splits, 0)
     offset = s_splits
     for level, splits in zip(levels, p_splits):
-        if level.work is None:        # planned by the first layer, reused by the others
-            level.work = plan_level(level, b, g)
+        work = level.cache.get("work")
+        if work is None:        # planned by the first layer, reused by the others
+            work = level.cache["work"] = plan_level(level, b, g)
         _launch_partials(q, k_cache, v_cache, slot_table, level.table_rows, level.starts, level.lens,
-                         level.group_rows, level.work, scale, None, part_out, part_lse, splits, offset)
+                         level.group_rows, work, scale, None, part_out, part_lse, splits, offset)
         offset += splits
     return _reduce(part_out, part_lse, q)[0]
 

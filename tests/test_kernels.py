@@ -46,12 +46,6 @@ def distinct_slots(lens: list[int], slots: int) -> list[torch.Tensor]:
     return [torch.randperm(slots, device=DEVICE)[:n] for n in lens]
 
 
-def dense(parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(table, rows, starts) of plain spans, for the reference over whole contexts."""
-    table, rows = slot_table(parts)
-    return table, rows, torch.zeros_like(rows)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_store_kv(dtype):
     kc, vc = make_pool(50, 2, 64, dtype)
@@ -73,12 +67,11 @@ def test_decode_attention(dtype, h, hkv, d):
     kc, vc = make_pool(400, hkv, d, dtype)
     parts = distinct_slots([o + n for o, n in zip(offsets, lens)], 400)
     table, rows = slot_table(parts)
-    starts = torch.tensor(offsets, device=DEVICE)
-    kv_lens = torch.tensor(lens, device=DEVICE)
+    spans = lambda: ref.Spans(rows, torch.tensor(offsets, device=DEVICE), torch.tensor(lens, device=DEVICE),  # noqa: E731
+                              max(lens))
     q = torch.randn(len(lens), h, d, device=DEVICE).to(dtype)
-    args = (table, rows, starts, kv_lens, max(lens), d ** -0.5)
-    out, lse = tri.decode_attention(q, kc, vc, *args, return_lse=True)
-    r_out, r_lse = ref.decode_attention(*f64(q, kc, vc), *args, return_lse=True)
+    out, lse = tri.decode_attention(q, kc, vc, table, spans(), d ** -0.5, return_lse=True)
+    r_out, r_lse = ref.decode_attention(*f64(q, kc, vc), table, spans(), d ** -0.5, return_lse=True)
     assert rel_err(out, r_out) < TOL[dtype]
     assert rel_err(lse, r_lse) < TOL[dtype]
     # the reference itself against dense attention over each span
@@ -93,11 +86,11 @@ def test_decode_attention(dtype, h, hkv, d):
 def test_decode_attention_sliding_window():
     lens = [5, 90]
     kc, vc = make_pool(200, 2, 64, torch.float32)
-    table, rows, starts = dense(distinct_slots(lens, 200))
+    table, rows = slot_table(distinct_slots(lens, 200))
     q = torch.randn(2, 8, 64, device=DEVICE)
-    args = (table, rows, starts, torch.tensor(lens, device=DEVICE), 90, 0.125, 33)
-    out = tri.decode_attention(q, kc, vc, *args)
-    expected = ref.decode_attention(*f64(q, kc, vc), *args)
+    spans = lambda: ref.Spans(rows, torch.zeros_like(rows), torch.tensor(lens, device=DEVICE), 90)   # noqa: E731
+    out = tri.decode_attention(q, kc, vc, table, spans(), 0.125, 33)
+    expected = ref.decode_attention(*f64(q, kc, vc), table, spans(), 0.125, 33)
     assert rel_err(out, expected) < 1e-5
 
 
@@ -139,27 +132,26 @@ def test_cascade_decode_attention(dtype, h, hkv, d):
     full_lens = torch.tensor([len(f) for f in full], device=DEVICE)
     q = torch.randn(10, h, d, device=DEVICE).to(dtype)
     t = lambda xs: torch.tensor(xs, device=DEVICE)   # noqa: E731
-    levels = lambda: [   # noqa: E731  (fresh objects: the Triton backend caches its plan on them)
-        ref.CascadeLevel(rows[:1], t([0]), t([len(root)]), t([list(range(9))]), len(root)),
-        ref.CascadeLevel(rows[[g[0] for g in groups]], t([len(root)] * 3), t(group_lens),
-                         _pad_stack(groups), max(group_lens)),
-    ]
     suffix_lens = [len(s) for s in suffixes]
-    args = (table, rows, t(suffix_start), t(suffix_lens), max(suffix_lens))
-    expected = ref.decode_attention(*f64(q, kc, vc), table, rows, torch.zeros_like(rows), full_lens,
-                                    int(full_lens.max()), d ** -0.5)
-    out = tri.cascade_decode_attention(q, kc, vc, *args, levels(), d ** -0.5)
+    spans = lambda: (   # noqa: E731  (fresh objects: backends cache per-step work on them)
+        ref.Spans(rows, t(suffix_start), t(suffix_lens), max(suffix_lens)),
+        [ref.Spans(rows[:1], t([0]), t([len(root)]), len(root), t([list(range(9))])),
+         ref.Spans(rows[[g[0] for g in groups]], t([len(root)] * 3), t(group_lens), max(group_lens),
+                   _pad_stack(groups))])
+    whole = ref.Spans(rows, torch.zeros_like(rows), full_lens, int(full_lens.max()))
+    expected = ref.decode_attention(*f64(q, kc, vc), table, whole, d ** -0.5)
+    out = tri.cascade_decode_attention(q, kc, vc, table, *spans(), d ** -0.5)
     assert rel_err(out, expected) < TOL[dtype]
     # the torch reference of the cascade path agrees too
-    assert rel_err(ref.cascade_decode_attention(*f64(q, kc, vc), *args, levels(), d ** -0.5), expected) < 1e-10
+    assert rel_err(ref.cascade_decode_attention(*f64(q, kc, vc), table, *spans(), d ** -0.5), expected) < 1e-10
 
 
 def test_cascade_plan_pads_to_a_shape_only_length():
     """The tile plan of a level: one entry per tile of each group, -1 after, of a length that a
     CUDA graph can fix (groups + ceil(batch / rows per tile))."""
-    level = ref.CascadeLevel(torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long),
-                             torch.ones(3, dtype=torch.long),
-                             torch.tensor([[0, 1, 2, 3, 4, 5, 6, -1, -1, -1], [7, 8] + [-1] * 8, [-1] * 10]), 1)
+    zeros = torch.zeros(3, dtype=torch.long)
+    level = ref.Spans(zeros, zeros, zeros + 1, 1,
+                      torch.tensor([[0, 1, 2, 3, 4, 5, 6, -1, -1, -1], [7, 8] + [-1] * 8, [-1] * 10]))
     work = tri.plan_level(level, batch=9, g=16)     # 4 rows per tile: group 0 needs 2 tiles, group 1 one
     assert len(work) == 3 + 3
     assert work[:3].tolist() == [[0, 0], [0, 4], [1, 0]]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from tts_engine.kernels.attention_ref import CascadeLevel
+from tts_engine.kernels.attention_ref import Spans
 from tts_engine.models.attention import AttentionMetadata
 from tts_engine.models.llama import CausalLM
 
@@ -43,8 +43,10 @@ class DecodeGraphs:
         g = max(1, n // 2)
         self.level_bufs = [(torch.zeros(g, **long), torch.zeros(g, **long), torch.zeros(g, **long),
                             torch.full((g, n), -1, **long)) for _ in range(MAX_LEVELS)]
-        self.levels = {bs: [CascadeLevel(rows[:bs // 2], starts[:bs // 2], lens[:bs // 2], grp[:bs // 2, :bs],
-                                         slot_table.shape[1]) for rows, starts, lens, grp in self.level_bufs]
+        width = slot_table.shape[1]
+        self.decode = {bs: Spans(self.rows[:bs], self.starts[:bs], self.lens[:bs], width) for bs in self.sizes}
+        self.levels = {bs: [Spans(rows[:bs // 2], starts[:bs // 2], lens[:bs // 2], width, grp[:bs // 2, :bs])
+                            for rows, starts, lens, grp in self.level_bufs]
                        for bs in self.sizes if bs >= 2}
         # one output buffer for all graphs (a buffer per graph would cost ~1 GB for a 128k vocabulary)
         self.logits = torch.zeros(n, model.cfg.vocab_size, dtype=torch.float32, device=device)
@@ -56,17 +58,16 @@ class DecodeGraphs:
         empty = self.lens[:0]
         return AttentionMetadata(
             slot_table=self.slot_table, slot_mapping=self.slot_mapping[:bs], num_decode=bs,
-            decode_rows=self.rows[:bs], decode_starts=self.starts[:bs], decode_lens=self.lens[:bs],
-            decode_max_len=self.slot_table.shape[1], cascade_levels=self.levels[bs] if cascade else None,
+            decode=self.decode[bs], cascade_levels=self.levels[bs] if cascade else None,
             prefill_rows=empty, prefill_q_start=empty, prefill_q_lens=empty, prefill_kv_lens=empty,
             prefill_max_q_len=0)
 
     def _forward(self, bs: int, cascade: bool) -> torch.Tensor:
-        # The Triton backend plans the level tiles in the first layer and caches the plan on the
-        # level: drop it so that the plan is made from this step's buffers (and, while capturing,
-        # recorded into the graph rather than frozen from the warm-up step).
-        for level in self.levels.get(bs, ()):
-            level.work = None
+        # Backends derive things from the spans in the first layer and cache them on the spans
+        # (the Triton tile plan): drop them so that they are made from this step's buffers (and,
+        # while capturing, recorded into the graph rather than frozen from the warm-up step).
+        for spans in [self.decode[bs], *self.levels.get(bs, ())]:
+            spans.cache.clear()
         hidden = self.model(self.input_ids[:bs], self.positions[:bs], self._meta(bs, cascade))
         return self.model.compute_logits(hidden)
 
@@ -112,8 +113,8 @@ class DecodeGraphs:
         """Replay the smallest captured graph that holds the batch; returns logits [n, vocab]."""
         n = input_ids.shape[0]
         bs = next(b for b in self.sizes if b >= n)
-        self.inputs[:, :n] = torch.stack([input_ids, positions, meta.slot_mapping, meta.decode_rows,
-                                          meta.decode_starts, meta.decode_lens])
+        self.inputs[:, :n] = torch.stack([input_ids, positions, meta.slot_mapping, meta.decode.table_rows,
+                                          meta.decode.starts, meta.decode.lens])
         self.inputs[:, n:bs] = self.pad      # padding rows: a one-token context at the scratch slot
         cascade = bool(meta.cascade_levels)
         if cascade:

@@ -9,21 +9,22 @@ import torch
 from tts_engine.engine.cuda_graph import DecodeGraphs
 from tts_engine.engine.scheduler import ScheduledBatch
 from tts_engine.engine.sequence import Sequence
-from tts_engine.kernels.attention_ref import CascadeLevel
+from tts_engine.kernels.attention_ref import Spans
 from tts_engine.models.attention import AttentionMetadata
 from tts_engine.models.llama import CausalLM
 
 
 class ModelRunner:
     def __init__(self, model: CausalLM, num_slots: int, dtype: torch.dtype, device: torch.device,
-                 max_num_seqs: int, max_model_len: int, cascade_min_work: int | None = 1024):
+                 max_num_seqs: int, max_model_len: int, cascade_min_work: int | None = 2048):
         cfg = model.cfg
         self.model, self.device = model, device
         # A span shared by several decoding sequences is read once for all of them (cascade) when
         # sharers x span tokens reaches this (None: never). benchmarks/bench_kernels.py --cpu
-        # (32/8 heads): cascade pays from about 1-2k (8 x 256, 4 x 1024, 64 x 64) and costs up to
-        # 3x on small groups; 1024 won end to end on the CPU beam benchmark (4 sharers x 358-650
-        # tokens, SmolLM2's 9/3 heads). Re-measure on GPUs.
+        # (32/8 heads, slots gathered once per step): cascade breaks even at 2k (8 x 256) and pays
+        # from 4k (4 x 1024, 16 x 256, 64 x 64); it costs up to 3.6x on small groups. End to end on
+        # the CPU beam benchmark (SmolLM2), 2048 and 4096 beat 1024 and no cascade by 5-10%,
+        # within this VM's noise. Re-measure on GPUs.
         self.cascade_min_work = cascade_min_work
         # One tensor for the whole pool: [layers, K/V, slots, kv_heads, head_dim]. The extra last
         # slot belongs to no sequence: padding rows of CUDA-graph batches write there.
@@ -83,12 +84,11 @@ class ModelRunner:
         cascade = []
         for k, groups in enumerate(levels):
             rows_, starts_, lens_, members = level_tensors[4 * k:4 * k + 4]
-            cascade.append(CascadeLevel(rows_, starts_, lens_, members.view(len(groups), -1),
-                                        max(g.end - g.start for g in groups)))
+            cascade.append(Spans(rows_, starts_, lens_, max(g.end - g.start for g in groups),
+                                 members.view(len(groups), -1)))
         meta = AttentionMetadata(
             slot_table=self.slot_table, slot_mapping=slot_map, num_decode=len(batch.decode),
-            decode_rows=d_rows, decode_starts=d_starts, decode_lens=d_lens, decode_max_len=max(lens, default=0),
-            cascade_levels=cascade or None,
+            decode=Spans(d_rows, d_starts, d_lens, max(lens, default=0)), cascade_levels=cascade or None,
             prefill_rows=p_rows, prefill_q_start=p_start, prefill_q_lens=p_lens, prefill_kv_lens=p_kv,
             prefill_max_q_len=max(q_lens, default=0),
         )

@@ -11,20 +11,17 @@ from dataclasses import dataclass
 import torch
 
 from tts_engine.kernels import attention_ref
-from tts_engine.kernels.attention_ref import CascadeLevel
+from tts_engine.kernels.attention_ref import Spans
 
 @dataclass
 class AttentionMetadata:
     slot_table: torch.Tensor          # [rows, width] the runner's table: row r lists its sequence's slots
     slot_mapping: torch.Tensor        # [tokens] pool slot for each new token's K/V
     num_decode: int                   # the first num_decode tokens are decode tokens, one per sequence
-    # Decode row b reads decode_lens[b] slots of table row decode_rows[b] from column
-    # decode_starts[b]: its whole context, or with cascade only what follows its deepest shared span.
-    decode_rows: torch.Tensor         # [num_decode]
-    decode_starts: torch.Tensor       # [num_decode]
-    decode_lens: torch.Tensor         # [num_decode], including the new token
-    decode_max_len: int               # >= every decode_lens[b] (sizes the split-KV grid)
-    cascade_levels: list[CascadeLevel] | None   # spans shared by groups of decode rows (see attention_ref)
+    # Decode row b's own span (including the new token): its whole context, or with cascade only
+    # what follows its deepest shared span. Cascade levels: spans shared by groups of decode rows.
+    decode: Spans
+    cascade_levels: list[Spans] | None
     # Prefill (extend): sequence j's new tokens are rows num_decode + prefill_q_start[j] ...; it
     # reads the first prefill_kv_lens[j] slots (cached prefix + new tokens) of table row prefill_rows[j].
     prefill_rows: torch.Tensor         # [num_prefill]
@@ -57,13 +54,12 @@ class Attention(torch.nn.Module):
         ops.store_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
         outs = []
         nd = meta.num_decode
-        spans = (meta.slot_table, meta.decode_rows, meta.decode_starts, meta.decode_lens, meta.decode_max_len)
         if nd and meta.cascade_levels:
-            outs.append(ops.cascade_decode_attention(q[:nd], self.k_cache, self.v_cache, *spans, meta.cascade_levels,
-                                                     self.scale))
+            outs.append(ops.cascade_decode_attention(q[:nd], self.k_cache, self.v_cache, meta.slot_table, meta.decode,
+                                                     meta.cascade_levels, self.scale))
         elif nd:
-            outs.append(ops.decode_attention(q[:nd], self.k_cache, self.v_cache, *spans, self.scale,
-                                             self.sliding_window))
+            outs.append(ops.decode_attention(q[:nd], self.k_cache, self.v_cache, meta.slot_table, meta.decode,
+                                             self.scale, self.sliding_window))
         if meta.prefill_max_q_len:
             outs.append(ops.extend_attention(q[nd:], self.k_cache, self.v_cache, meta.slot_table, meta.prefill_rows,
                                              meta.prefill_q_start, meta.prefill_q_lens, meta.prefill_kv_lens,
