@@ -23,8 +23,8 @@ class ModelRunner:
         # sharers x span tokens reaches this (None: never). benchmarks/bench_kernels.py --cpu
         # (32/8 heads, slots gathered once per step): cascade breaks even at 2k (8 x 256) and pays
         # from 4k (4 x 1024, 16 x 256, 64 x 64); it costs up to 3.6x on small groups. End to end on
-        # the CPU beam benchmark (SmolLM2), 2048 and 4096 beat 1024 and no cascade by 5-10%,
-        # within this VM's noise. Re-measure on GPUs.
+        # the CPU beam benchmark (SmolLM2), 2048 and 4096 ran 5-10% faster than 1024 or no cascade
+        # (two runs each; this VM's noise is of that order). Re-measure on GPUs.
         self.cascade_min_work = cascade_min_work
         # One tensor for the whole pool: [layers, K/V, slots, kv_heads, head_dim]. The extra last
         # slot belongs to no sequence: padding rows of CUDA-graph batches write there.
