@@ -245,11 +245,6 @@ def _launch_partials(q, k_cache, v_cache, slot_table, trows, tstarts, tlens, gro
         BLOCK_M=_tile_m(g, n_rows), BLOCK_D=_pow2(d), BLOCK_N=BLOCK_N, UPCAST=UPCAST, PRECISION=_precision(q))
 
 
-def _own_rows(q: torch.Tensor) -> torch.Tensor:
-    """Each decode row as a group of its own: [[0], [1], ...]."""
-    return torch.arange(q.shape[0], device=q.device)[:, None]
-
-
 def _reduce(part_out, part_lse, q):
     b, h, d = q.shape
     s = part_out.shape[2]
@@ -262,24 +257,9 @@ def _reduce(part_out, part_lse, q):
     return out, lse
 
 
-def decode_attention(q, k_cache, v_cache, slot_table, spans: Spans, scale, sliding_window=None, return_lse=False):
-    """One query token per sequence over its span of the slot table (see attention_ref). q: [batch, heads, dim]."""
-    b, h, d = q.shape
-    if q.stride(2) != 1:
-        q = q.contiguous()
-    splits = _num_splits(spans.max_len, BLOCK_N)
-    part_out = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device)
-    part_lse = torch.empty(b, h, splits, dtype=torch.float32, device=q.device)
-    _launch_partials(q, k_cache, v_cache, slot_table, spans.table_rows, spans.starts, spans.lens, _own_rows(q), None,
-                     scale, sliding_window, part_out, part_lse, splits, 0)
-    out, lse = _reduce(part_out, part_lse, q)
-    return (out, lse) if return_lse else out
-
-
-def cascade_decode_attention(q, k_cache, v_cache, slot_table, own: Spans, levels: list[Spans], scale):
-    """Decode attention where sequences share prefixes at one or more levels (see
-    attention_ref.cascade_decode_attention). Each group's span is read once per (KV head, tile)
-    for all its queries; every level writes its own partials, one reduce merges them all."""
+def _decode(q, k_cache, v_cache, slot_table, own: Spans, levels: list[Spans], scale, window):
+    """Stage 1 for each row's own span and for every cascade level, each level into its own
+    splits of the partial buffers; then one stage-2 reduce. Returns (out, lse)."""
     b, h, d = q.shape
     if q.stride(2) != 1:
         q = q.contiguous()
@@ -288,9 +268,14 @@ def cascade_decode_attention(q, k_cache, v_cache, slot_table, own: Spans, levels
     p_splits = [_num_splits(level.max_len, BLOCK_N) for level in levels]
     total = s_splits + sum(p_splits)
     part_out = torch.empty(b, h, total, d, dtype=torch.float32, device=q.device)
-    part_lse = torch.full((b, h, total), float("-inf"), dtype=torch.float32, device=q.device)
-    _launch_partials(q, k_cache, v_cache, slot_table, own.table_rows, own.starts, own.lens, _own_rows(q), None, scale,
-                     None, part_out, part_lse, s_splits, 0)
+    # every split of a row's own span writes its LSE; a level writes only the rows in its groups
+    part_lse = (torch.full((b, h, total), float("-inf"), dtype=torch.float32, device=q.device) if levels
+                else torch.empty(b, h, total, dtype=torch.float32, device=q.device))
+    own_rows = own.cache.get("rows")
+    if own_rows is None:        # each decode row as a group of its own: [[0], [1], ...]
+        own_rows = own.cache["rows"] = torch.arange(b, device=q.device)[:, None]
+    _launch_partials(q, k_cache, v_cache, slot_table, own.table_rows, own.starts, own.lens, own_rows, None, scale,
+                     window, part_out, part_lse, s_splits, 0)
     offset = s_splits
     for level, splits in zip(levels, p_splits):
         work = level.cache.get("work")
@@ -299,7 +284,20 @@ def cascade_decode_attention(q, k_cache, v_cache, slot_table, own: Spans, levels
         _launch_partials(q, k_cache, v_cache, slot_table, level.table_rows, level.starts, level.lens,
                          level.group_rows, work, scale, None, part_out, part_lse, splits, offset)
         offset += splits
-    return _reduce(part_out, part_lse, q)[0]
+    return _reduce(part_out, part_lse, q)
+
+
+def decode_attention(q, k_cache, v_cache, slot_table, spans: Spans, scale, sliding_window=None, return_lse=False):
+    """One query token per sequence over its span of the slot table (see attention_ref). q: [batch, heads, dim]."""
+    out, lse = _decode(q, k_cache, v_cache, slot_table, spans, [], scale, sliding_window)
+    return (out, lse) if return_lse else out
+
+
+def cascade_decode_attention(q, k_cache, v_cache, slot_table, own: Spans, levels: list[Spans], scale):
+    """Decode attention where sequences share prefixes at one or more levels (see
+    attention_ref.cascade_decode_attention). Each group's span is read once per (KV head, tile)
+    for all its queries; every level writes its own partials, one reduce merges them all."""
+    return _decode(q, k_cache, v_cache, slot_table, own, levels, scale, None)[0]
 
 
 # ---------------------------------------------------------------- extend (prefill)
@@ -362,7 +360,7 @@ def extend_attention(q, k_cache, v_cache, slot_table, seq_rows, q_start, q_lens,
                      max_q_len: int | None = None):
     """New tokens of several sequences (packed in q: [tokens, heads, dim]) attend to their cached
     prefix and causally to themselves; their own K/V are already stored."""
-    t, h, d = q.shape
+    h, d = q.shape[1], q.shape[2]
     hkv = k_cache.shape[1]
     g = h // hkv
     if q.stride(2) != 1:
@@ -371,8 +369,9 @@ def extend_attention(q, k_cache, v_cache, slot_table, seq_rows, q_start, q_lens,
     if max_q_len is None:
         max_q_len = int(q_lens.max())
     grid = lambda meta: (q_lens.shape[0], hkv, triton.cdiv(max_q_len, meta["BLOCK_M"] // g))   # noqa: E731
+    q_bucket = min(triton.next_power_of_2(max_q_len), 4096)
     _extend_kernel[grid](q, k_cache, v_cache, out, slot_table, seq_rows, q_start, q_lens, kv_lens, scale,
-                         sliding_window or 0, min(triton.next_power_of_2(max_q_len), 4096), q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+                         sliding_window or 0, q_bucket, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
                          k_cache.stride(0), k_cache.stride(1), slot_table.stride(0),
                          G=g, D=d, BLOCK_D=_pow2(d), UPCAST=UPCAST, PRECISION=_precision(q))
     return out
