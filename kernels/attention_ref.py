@@ -12,10 +12,10 @@ These functions are the CPU backend and the oracles the Triton kernels are teste
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
+
+from tts_engine.kernels.spans import Spans
 
 
 def gather(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,9 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid:
     if q.device.type == "cpu" and q.dtype == k.dtype:
         # ATen's fused CPU flash kernel returns the LSE and reads strided K/V without copies.
         bias = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias, scale=scale)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, attn_mask=bias, scale=scale
+        )
         return out, lse.to(_acc_dtype(q))
     acc = _acc_dtype(q)
     scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
@@ -52,22 +54,6 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-@dataclass
-class Spans:
-    """Stretches of the slot table that decode rows attend to: span j is lens[j] slots of table row
-    table_rows[j] from column starts[j] on (max_len >= every lens[j]). Without group_rows, span b
-    belongs to decode row b. With group_rows ([spans, max rows], padded with -1) it is a cascade
-    level: span j is shared by the rows group_rows[j] and read once for all of them.
-    The runner makes new Spans every step; `cache` holds what a backend derives from them once
-    for all layers (the slots gathered by the torch backend, the Triton tile plan)."""
-    table_rows: torch.Tensor
-    starts: torch.Tensor
-    lens: torch.Tensor
-    max_len: int
-    group_rows: torch.Tensor | None = None
-    cache: dict = field(default_factory=dict)
-
-
 def span_slots(slot_table: torch.Tensor, spans: Spans) -> torch.Tensor:
     """[n, max_len] slots of each span, padded with slot 0 (table entries past a span are stale;
     callers mask the padding by length). Gathered once per step and cached on the spans."""
@@ -76,7 +62,9 @@ def span_slots(slot_table: torch.Tensor, spans: Spans) -> torch.Tensor:
         width = max(spans.max_len, 1)
         offs = torch.arange(width, device=spans.starts.device)
         cols = (spans.starts[:, None] + offs).clamp_(max=slot_table.shape[1] - 1)
-        slots = slot_table[spans.table_rows[:, None], cols].long().masked_fill_(offs >= spans.lens[:, None], 0)
+        slots = (
+            slot_table[spans.table_rows[:, None], cols].long().masked_fill_(offs >= spans.lens[:, None], 0)
+        )
         spans.cache["slots"] = slots
     return slots
 
@@ -100,8 +88,14 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return (out, lse.reshape(b, h)) if return_lse else out
 
 
-def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_table: torch.Tensor,
-                            level: Spans, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def shared_prefix_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_table: torch.Tensor,
+    level: Spans,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode queries grouped by a cascade level attend to their group's span, whose K/V are read
     once for the whole group. q: [batch, heads, dim].
     Returns (out [batch, heads, dim], lse [batch, heads]); rows in no group get lse = -inf."""
@@ -111,7 +105,12 @@ def shared_prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     ng, n = level.group_rows.shape
     pad = level.group_rows < 0
     # all n*g query rows of a group's KV head face the same keys: one attention per (group, KV head)
-    qg = q[level.group_rows.masked_fill(pad, 0)].view(ng, n, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(ng, hkv, n * g, d)
+    qg = (
+        q[level.group_rows.masked_fill(pad, 0)]
+        .view(ng, n, hkv, g, d)
+        .permute(0, 2, 1, 3, 4)
+        .reshape(ng, hkv, n * g, d)
+    )
     table = span_slots(slot_table, level)
     k = gather(k_cache, table).transpose(1, 2)      # [ng, hkv, p, d]
     v = gather(v_cache, table).transpose(1, 2)
@@ -139,8 +138,15 @@ def merge_attention(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tenso
     return (out_a.to(acc) * wa + out_b.to(acc) * wb).to(out_a.dtype), lse
 
 
-def cascade_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                             slot_table: torch.Tensor, own: Spans, levels: list[Spans], scale: float) -> torch.Tensor:
+def cascade_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_table: torch.Tensor,
+    own: Spans,
+    levels: list[Spans],
+    scale: float,
+) -> torch.Tensor:
     """Decode attention where sequences share prefixes, possibly at several depths (the problem
     prompt for all beams, then each beam's own steps for its children). No row is in two groups of
     one level; the levels cover consecutive, disjoint stretches of each row's context and its own
@@ -152,9 +158,19 @@ def cascade_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     return out
 
 
-def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_table: torch.Tensor,
-                     seq_rows: torch.Tensor, q_start: torch.Tensor, q_lens: torch.Tensor, kv_lens: torch.Tensor,
-                     scale: float, sliding_window: int | None = None, max_q_len: int | None = None) -> torch.Tensor:
+def extend_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_table: torch.Tensor,
+    seq_rows: torch.Tensor,
+    q_start: torch.Tensor,
+    q_lens: torch.Tensor,
+    kv_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    max_q_len: int | None = None,
+) -> torch.Tensor:
     """New tokens of several sequences, packed in q ([tokens, heads, dim]; sequence b's are rows
     q_start[b] .. q_start[b] + q_lens[b]), attend to the first kv_lens[b] slots of slot_table row
     seq_rows[b]: the cached prefix, then the new tokens themselves (already stored), causally.

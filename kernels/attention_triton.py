@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tts_engine.kernels.attention_ref import Spans
+from tts_engine.kernels.spans import Spans
 
 
 # Triton's CPU interpreter gets tl.dot wrong on bfloat16 tiles (numpy has no bfloat16), so there
@@ -110,14 +110,14 @@ def _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stri
 
 # ---------------------------------------------------------------- stage 1: partial attention
 
+
 @triton.jit
 def _partial_kernel(
-        q_ptr, kc_ptr, vc_ptr, table_ptr, trow_ptr, tstart_ptr, tlen_ptr, rows_ptr, work_ptr,
-        part_out_ptr, part_lse_ptr, scale, window, n_rows, num_splits, split_offset,
-        stride_qb, stride_qh, stride_cs, stride_ch, stride_t, stride_rg,
-        stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
-        G: tl.constexpr, D: tl.constexpr, HAS_WORK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-        BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    q_ptr, kc_ptr, vc_ptr, table_ptr, trow_ptr, tstart_ptr, tlen_ptr, rows_ptr, work_ptr, part_out_ptr,
+    part_lse_ptr, scale, window, n_rows, num_splits, split_offset, stride_qb, stride_qh, stride_cs, stride_ch,
+    stride_t, stride_rg, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, G: tl.constexpr,
+    D: tl.constexpr, HAS_WORK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     # One program: one tile of a group of decode rows that share the span (table row trow[grp],
     # columns tstart[grp] .. + tlen[grp]), one KV head, one split of the span. The tile holds the
     # query heads of that KV head for BLOCK_M // G rows of the group, so each K/V block is loaded
@@ -163,8 +163,9 @@ def _partial_kernel(
     if UPCAST:
         q = q.to(tl.float32)
 
-    out, lse = _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stride_ch,
-                             offs_d, md, scale, offs_m, 0, BLOCK_M, BLOCK_D, BLOCK_N, False, UPCAST, PRECISION)
+    out, lse = _attend_slots(
+        q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stride_ch, offs_d, md, scale, offs_m, 0,
+        BLOCK_M, BLOCK_D, BLOCK_N, False, UPCAST, PRECISION)
     s_idx = split_offset + split
     if start < end:
         tl.store(part_out_ptr + rows[:, None] * stride_pb + heads[:, None] * stride_ph + s_idx * stride_ps
@@ -190,8 +191,11 @@ def _reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr,
     m = tl.max(lse, 0)
     w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)
     total = tl.sum(w, 0)
-    parts = tl.load(part_out_ptr + b * stride_pb + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :],
-                    mask=(ms & (lse > float("-inf")))[:, None] & md[None, :], other=0.0)
+    parts = tl.load(
+        part_out_ptr + b * stride_pb + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :],
+        mask=(ms & (lse > float("-inf")))[:, None] & md[None, :],
+        other=0.0,
+    )
     out = tl.sum(parts * w[:, None], 0) / total
     tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=md)
     tl.store(lse_ptr + b * stride_xb + h, m + tl.log(total))
@@ -238,11 +242,11 @@ def _launch_partials(q, k_cache, v_cache, slot_table, trows, tstarts, tlens, gro
     items = group_rows.shape[0] if work is None else work.shape[0]
     _partial_kernel[(items, k_cache.shape[1], num_splits)](
         q, k_cache, v_cache, slot_table, trows, tstarts, tlens, group_rows, trows if work is None else work,
-        part_out, part_lse, scale, window or 0, n_rows, num_splits, offset,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), slot_table.stride(0), group_rows.stride(0),
-        part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
-        G=g, D=d, HAS_WORK=work is not None,
-        BLOCK_M=_tile_m(g, n_rows), BLOCK_D=_pow2(d), BLOCK_N=BLOCK_N, UPCAST=UPCAST, PRECISION=_precision(q))
+        part_out, part_lse, scale, window or 0, n_rows, num_splits, offset, q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), slot_table.stride(0), group_rows.stride(0), part_out.stride(0),
+        part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1), G=g, D=d,
+        HAS_WORK=work is not None, BLOCK_M=_tile_m(g, n_rows), BLOCK_D=_pow2(d), BLOCK_N=BLOCK_N,
+        UPCAST=UPCAST, PRECISION=_precision(q))
 
 
 def _reduce(part_out, part_lse, q):
@@ -250,10 +254,10 @@ def _reduce(part_out, part_lse, q):
     s = part_out.shape[2]
     out = torch.empty_like(q)
     lse = torch.empty(b, h, dtype=torch.float32, device=q.device)
-    _reduce_kernel[(b, h)](part_out, part_lse, out, lse,
-                           part_out.stride(0), part_out.stride(1), part_out.stride(2),
-                           part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1), lse.stride(0),
-                           s, D=d, BLOCK_S=triton.next_power_of_2(s), BLOCK_D=triton.next_power_of_2(d))
+    _reduce_kernel[(b, h)](
+        part_out, part_lse, out, lse, part_out.stride(0), part_out.stride(1), part_out.stride(2),
+        part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1), lse.stride(0), s, D=d,
+        BLOCK_S=triton.next_power_of_2(s), BLOCK_D=triton.next_power_of_2(d))
     return out, lse
 
 
@@ -274,8 +278,9 @@ def _decode(q, k_cache, v_cache, slot_table, own: Spans, levels: list[Spans], sc
     own_rows = own.cache.get("rows")
     if own_rows is None:        # each decode row as a group of its own: [[0], [1], ...]
         own_rows = own.cache["rows"] = torch.arange(b, device=q.device)[:, None]
-    _launch_partials(q, k_cache, v_cache, slot_table, own.table_rows, own.starts, own.lens, own_rows, None, scale,
-                     window, part_out, part_lse, s_splits, 0)
+    _launch_partials(
+        q, k_cache, v_cache, slot_table, own.table_rows, own.starts, own.lens, own_rows, None, scale, window,
+        part_out, part_lse, s_splits, 0)
     offset = s_splits
     for level, splits in zip(levels, p_splits):
         work = level.cache.get("work")
@@ -287,8 +292,11 @@ def _decode(q, k_cache, v_cache, slot_table, own: Spans, levels: list[Spans], sc
     return _reduce(part_out, part_lse, q)
 
 
-def decode_attention(q, k_cache, v_cache, slot_table, spans: Spans, scale, sliding_window=None, return_lse=False):
-    """One query token per sequence over its span of the slot table (see attention_ref). q: [batch, heads, dim]."""
+def decode_attention(
+    q, k_cache, v_cache, slot_table, spans: Spans, scale, sliding_window=None, return_lse=False
+):
+    """One query token per sequence over its span of the slot table (see attention_ref).
+    q: [batch, heads, dim]."""
     out, lse = _decode(q, k_cache, v_cache, slot_table, spans, [], scale, sliding_window)
     return (out, lse) if return_lse else out
 
@@ -308,8 +316,7 @@ _EXTEND_CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32})] if UPCAST else
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1),
-]
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
 
 
 @triton.autotune(configs=_EXTEND_CONFIGS, key=["G", "D", "q_bucket"])
@@ -350,14 +357,16 @@ def _extend_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, table_ptr, trow_ptr, qstart_p
     if window > 0:
         lo = tl.maximum(kv_len - q_len + mblk * TOK - window + 1, 0)
     slots_ptr = table_ptr + tl.load(trow_ptr + b).to(tl.int64) * stride_t
-    out, _ = _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, lo, hi, kvh, stride_cs, stride_ch,
-                           offs_d, md, scale, q_pos, window, BLOCK_M, BLOCK_D, BLOCK_N, True, UPCAST, PRECISION)
+    out, _ = _attend_slots(
+        q, kc_ptr, vc_ptr, slots_ptr, lo, hi, kvh, stride_cs, stride_ch, offs_d, md, scale, q_pos, window,
+        BLOCK_M, BLOCK_D, BLOCK_N, True, UPCAST, PRECISION)
     tl.store(out_ptr + tok[:, None] * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mm[:, None] & md[None, :])
 
 
-def extend_attention(q, k_cache, v_cache, slot_table, seq_rows, q_start, q_lens, kv_lens, scale, sliding_window=None,
-                     max_q_len: int | None = None):
+def extend_attention(
+    q, k_cache, v_cache, slot_table, seq_rows, q_start, q_lens, kv_lens, scale, sliding_window=None,
+    max_q_len: int | None = None):
     """New tokens of several sequences (packed in q: [tokens, heads, dim]) attend to their cached
     prefix and causally to themselves; their own K/V are already stored."""
     h, d = q.shape[1], q.shape[2]
@@ -370,8 +379,9 @@ def extend_attention(q, k_cache, v_cache, slot_table, seq_rows, q_start, q_lens,
         max_q_len = int(q_lens.max())
     grid = lambda meta: (q_lens.shape[0], hkv, triton.cdiv(max_q_len, meta["BLOCK_M"] // g))   # noqa: E731
     q_bucket = min(triton.next_power_of_2(max_q_len), 4096)
-    _extend_kernel[grid](q, k_cache, v_cache, out, slot_table, seq_rows, q_start, q_lens, kv_lens, scale,
-                         sliding_window or 0, q_bucket, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-                         k_cache.stride(0), k_cache.stride(1), slot_table.stride(0),
-                         G=g, D=d, BLOCK_D=_pow2(d), UPCAST=UPCAST, PRECISION=_precision(q))
+    _extend_kernel[grid](
+        q, k_cache, v_cache, out, slot_table, seq_rows, q_start, q_lens, kv_lens, scale, sliding_window or 0,
+        q_bucket, q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0),
+        k_cache.stride(1), slot_table.stride(0), G=g, D=d, BLOCK_D=_pow2(d), UPCAST=UPCAST,
+        PRECISION=_precision(q))
     return out

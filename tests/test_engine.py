@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from conftest import save_tiny_model
 from tts_engine import LLM, SamplingParams
@@ -37,8 +38,14 @@ def test_outputs_independent_of_cache_budget_and_batching(tiny_llama):
     base = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=8192)
     expected = greedy(base, prompts, n=2)
     # Alone, one prompt at a time, fresh cache each time.
-    alone = [greedy(LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=8192, enable_prefix_caching=False),
-                    [p], n=2)[0] for p in prompts[:3]]
+    alone = [
+        greedy(
+            LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=8192, enable_prefix_caching=False),
+            [p],
+            n=2,
+        )[0]
+        for p in prompts[:3]
+    ]
     assert alone == expected[:3]
     # Prefix cache off.
     off = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=8192, enable_prefix_caching=False)
@@ -83,7 +90,9 @@ def test_samples_of_one_prompt_share_its_kv(long_ctx_model):
 def test_resubmitting_a_prefix_plus_a_step_computes_only_the_tail(long_ctx_model):
     llm = LLM(long_ctx_model, dtype="float32", device="cpu", kv_cache_tokens=8192)
     prompt = [random.randrange(4, 384) for _ in range(300)]
-    first = llm.generate({"prompt_token_ids": prompt}, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))
+    first = llm.generate(
+        {"prompt_token_ids": prompt}, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    )
     step = first[0].outputs[0].token_ids
     extra = [random.randrange(4, 384) for _ in range(5)]
     llm.reset_stats()
@@ -98,8 +107,12 @@ def test_prompts_with_a_common_prefix_in_one_batch_compute_it_once(long_ctx_mode
     llm = LLM(long_ctx_model, dtype="float32", device="cpu", kv_cache_tokens=8192)
     prefix = [random.randrange(4, 384) for _ in range(300)]
     # distinct first tokens: tails that happened to start alike would share more than the prefix
-    tails = [[first] + [random.randrange(4, 384) for _ in range(6)] for first in random.sample(range(4, 384), 4)]
-    llm.generate([{"prompt_token_ids": prefix + t} for t in tails], SamplingParams(temperature=0, max_tokens=2))
+    tails = [
+        [first] + [random.randrange(4, 384) for _ in range(6)] for first in random.sample(range(4, 384), 4)
+    ]
+    llm.generate(
+        [{"prompt_token_ids": prefix + t} for t in tails], SamplingParams(temperature=0, max_tokens=2)
+    )
     st = llm.stats()
     assert st["computed_prompt_tokens"] == 300 + 4 * 7
     assert st["steps"] == 2   # all four were prefilled together in the first step
@@ -108,9 +121,9 @@ def test_prompts_with_a_common_prefix_in_one_batch_compute_it_once(long_ctx_mode
 def test_encode_reuses_the_cached_prefix(tiny_llama):
     llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=4096)
     ids = [random.randrange(4, 384) for _ in range(60)]
-    full = llm.model.compute_logits(llm.encode([ids])[0])
+    full = llm.engine.model.compute_logits(llm.encode([ids])[0])
     llm.reset_stats()
-    tail = llm.model.compute_logits(llm.encode([ids], positions=[[50, 59]])[0])
+    tail = llm.engine.model.compute_logits(llm.encode([ids], positions=[[50, 59]])[0])
     assert llm.stats()["computed_prompt_tokens"] == 10
     assert (tail - full[[50, 59]]).abs().max().item() < 1e-4
 
@@ -119,7 +132,10 @@ def beam_tree_prompts() -> list[list[int]]:
     """Beam-search shape after two rounds: one prompt, two beams of one step each, and two
     children per beam with a step of their own."""
     def steps(n: int, count: int) -> list[list[int]]:   # distinct first tokens, so the tree is exactly this
-        return [[first] + [random.randrange(4, 384) for _ in range(n - 1)] for first in random.sample(range(4, 384), count)]
+        return [
+            [first] + [random.randrange(4, 384) for _ in range(n - 1)]
+            for first in random.sample(range(4, 384), count)
+        ]
 
     prompt = steps(120, 1)[0]
     beams = [prompt + s for s in steps(9, 2)]
@@ -128,14 +144,14 @@ def beam_tree_prompts() -> list[list[int]]:
 
 def run_with_levels(llm: LLM, prompts, sp) -> tuple[list, list[int]]:
     """Outputs, and how many cascade levels each decode step used."""
-    seen, real = [], llm.runner.cascade_levels
+    seen, real = [], llm.engine.runner.cascade_levels
 
     def spy(decode):
         levels, starts = real(decode)
         seen.append(len(levels))
         return levels, starts
 
-    llm.runner.cascade_levels = spy
+    llm.engine.runner.cascade_levels = spy
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp)
     return [[o.token_ids for o in r.outputs] for r in outs], seen
 
@@ -148,7 +164,7 @@ def test_multi_level_cascade_matches_plain_decode(long_ctx_model):
     results = []
     for work in (None, 1):
         llm = LLM(long_ctx_model, dtype="float32", device="cpu", kv_cache_tokens=4096)
-        llm.runner.cascade_min_work = work
+        llm.engine.runner.cascade_min_work = work
         outs, seen = run_with_levels(llm, prompts, sp)
         results.append(outs)
         assert max(seen) == (0 if work is None else 3)
@@ -160,9 +176,9 @@ def test_cascade_levels_follow_the_tree(long_ctx_model):
     each beam's 9 tokens by its four, each child's 7 tokens by its two; the decoding token is each
     sample's own."""
     llm = LLM(long_ctx_model, dtype="float32", device="cpu", kv_cache_tokens=4096)
-    llm.runner.cascade_min_work = 1
+    llm.engine.runner.cascade_min_work = 1
     captured = []
-    real = llm.runner.cascade_levels
+    real = llm.engine.runner.cascade_levels
 
     def spy(decode):
         levels, starts = real(decode)
@@ -170,7 +186,7 @@ def test_cascade_levels_follow_the_tree(long_ctx_model):
             captured.append((levels, starts, [s.num_computed for s in decode]))
         return levels, starts
 
-    llm.runner.cascade_levels = spy
+    llm.engine.runner.cascade_levels = spy
     llm.generate([{"prompt_token_ids": p} for p in beam_tree_prompts()],
                  SamplingParams(n=2, max_tokens=3, ignore_eos=True))
     levels, starts, lengths = captured[0]
@@ -187,16 +203,26 @@ def test_samples_beyond_max_num_seqs_wait_their_turn(tiny_llama):
     outs, widest = [], []
     for room in (16, 4):
         llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048, max_num_seqs=room)
-        real, sizes = llm.scheduler.schedule, []
+        real, sizes = llm.engine.scheduler.schedule, []
 
         def spy(real=real, sizes=sizes, llm=llm):
             batch = real()
-            sizes.append(len(llm.scheduler.running))
+            sizes.append(len(llm.engine.scheduler.running))
             return batch
 
-        llm.scheduler.schedule = spy
+        llm.engine.scheduler.schedule = spy
         outs.append([o.token_ids for o in llm.generate(prompt, sp)[0].outputs])
         widest.append(max(sizes))
         assert llm.stats()["computed_prompt_tokens"] == 30 + (0 if room == 16 else 2)   # last token, twice
     assert widest == [6, 4]
     assert outs[0] == outs[1]
+
+
+def test_encode_with_a_chunk_ending_before_the_last_token(tiny_llama):
+    """A chunked prefill that stops one token short of the end: the last position is still
+    computed as prefill (encode-only sequences never decode), and every hidden state is kept."""
+    ids = [random.randrange(4, 384) for _ in range(17)]
+    whole = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=1024).encode([ids])[0]
+    chunked = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=1024, max_num_batched_tokens=16)
+    assert torch.allclose(chunked.encode([ids])[0], whole, atol=1e-5)
+    assert chunked.stats()["computed_prompt_tokens"] == 17 and chunked.stats()["generated_tokens"] == 0

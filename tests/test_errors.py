@@ -76,7 +76,9 @@ def test_unsupported_config(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="unsupported architecture"):
         LLM(str(folder))
     cfg.pop("rope_parameters", None)
-    (folder / "config.json").write_text(json.dumps({**cfg, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}))
+    (folder / "config.json").write_text(
+        json.dumps({**cfg, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    )
     with pytest.raises(ValueError, match="unsupported rope_type 'yarn'"):
         LLM(str(folder))
     (folder / "config.json").write_text(json.dumps(cfg))
@@ -124,7 +126,7 @@ def test_interrupted_generate_leaves_engine_consistent(tiny_llama):
     sp = SamplingParams(n=2, temperature=0, max_tokens=12, ignore_eos=True)
     expected = [[o.token_ids for o in r.outputs] for r in
                 LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048).generate(prompts, sp)]
-    real_run, calls = llm.runner.run, []
+    real_run, calls = llm.engine.runner.run, []
 
     def flaky(batch):
         calls.append(1)
@@ -132,18 +134,18 @@ def test_interrupted_generate_leaves_engine_consistent(tiny_llama):
             raise KeyboardInterrupt
         return real_run(batch)
 
-    llm.runner.run = flaky
+    llm.engine.runner.run = flaky
     with pytest.raises(KeyboardInterrupt):
         llm.generate(prompts, sp)
-    llm.runner.run = real_run
-    assert llm.stats()["kv_tokens_in_use"] == 0 and not llm.scheduler.has_work()
+    llm.engine.runner.run = real_run
+    assert llm.stats()["kv_tokens_in_use"] == 0 and not llm.engine.scheduler.has_work()
     assert [[o.token_ids for o in r.outputs] for r in llm.generate(prompts, sp)] == expected
 
 
 def test_encode_rejects_bad_positions_without_queueing_anything(llm):
     with pytest.raises(ValueError, match="positions must be"):
         llm.encode([[5, 6, 7], [8, 9]], positions=[[0, 2], [5]])
-    assert not llm.scheduler.has_work()
+    assert not llm.engine.scheduler.has_work()
 
 
 def test_cuda_device_selection(monkeypatch, tmp_path):

@@ -61,8 +61,11 @@ def write_gguf(path: str, hf_model, tokenizer_dir: str, qtype) -> None:
             part, kind = tail.rsplit(".", 1)
             gname = f"blk.{idx}.{_NAMES[part]}.{kind}"
         else:
-            gname = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-                     "lm_head.weight": "output.weight"}[name]
+            gname = {
+                "model.embed_tokens.weight": "token_embd.weight",
+                "model.norm.weight": "output_norm.weight",
+                "lm_head.weight": "output.weight",
+            }[name]
         if gname.endswith("attn_q.weight"):
             a = _permute(a, cfg.num_attention_heads)
         elif gname.endswith("attn_k.weight"):

@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from tts_engine import LLM, SamplingParams
 from tts_engine.kernels import attention_ref as ref
 from tts_engine.kernels import attention_triton as tri
+from tts_engine.kernels.spans import Spans
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -23,7 +23,10 @@ def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def make_pool(slots: int, hkv: int, d: int, dtype):
-    return (torch.randn(slots, hkv, d, device=DEVICE).to(dtype), torch.randn(slots, hkv, d, device=DEVICE).to(dtype))
+    return (
+        torch.randn(slots, hkv, d, device=DEVICE).to(dtype),
+        torch.randn(slots, hkv, d, device=DEVICE).to(dtype),
+    )
 
 
 def f64(*ts):
@@ -67,8 +70,9 @@ def test_decode_attention(dtype, h, hkv, d):
     kc, vc = make_pool(400, hkv, d, dtype)
     parts = distinct_slots([o + n for o, n in zip(offsets, lens)], 400)
     table, rows = slot_table(parts)
-    spans = lambda: ref.Spans(rows, torch.tensor(offsets, device=DEVICE), torch.tensor(lens, device=DEVICE),  # noqa: E731
-                              max(lens))
+    spans = lambda: Spans(
+        rows, torch.tensor(offsets, device=DEVICE), torch.tensor(lens, device=DEVICE), max(lens)  # noqa: E731
+    )
     q = torch.randn(len(lens), h, d, device=DEVICE).to(dtype)
     out, lse = tri.decode_attention(q, kc, vc, table, spans(), d ** -0.5, return_lse=True)
     r_out, r_lse = ref.decode_attention(*f64(q, kc, vc), table, spans(), d ** -0.5, return_lse=True)
@@ -88,7 +92,7 @@ def test_decode_attention_sliding_window():
     kc, vc = make_pool(200, 2, 64, torch.float32)
     table, rows = slot_table(distinct_slots(lens, 200))
     q = torch.randn(2, 8, 64, device=DEVICE)
-    spans = lambda: ref.Spans(rows, torch.zeros_like(rows), torch.tensor(lens, device=DEVICE), 90)   # noqa: E731
+    spans = lambda: Spans(rows, torch.zeros_like(rows), torch.tensor(lens, device=DEVICE), 90)   # noqa: E731
     out = tri.decode_attention(q, kc, vc, table, spans(), 0.125, 33)
     expected = ref.decode_attention(*f64(q, kc, vc), table, spans(), 0.125, 33)
     assert rel_err(out, expected) < 1e-5
@@ -134,23 +138,23 @@ def test_cascade_decode_attention(dtype, h, hkv, d):
     t = lambda xs: torch.tensor(xs, device=DEVICE)   # noqa: E731
     suffix_lens = [len(s) for s in suffixes]
     spans = lambda: (   # noqa: E731  (fresh objects: backends cache per-step work on them)
-        ref.Spans(rows, t(suffix_start), t(suffix_lens), max(suffix_lens)),
-        [ref.Spans(rows[:1], t([0]), t([len(root)]), len(root), t([list(range(9))])),
-         ref.Spans(rows[[g[0] for g in groups]], t([len(root)] * 3), t(group_lens), max(group_lens),
+        Spans(rows, t(suffix_start), t(suffix_lens), max(suffix_lens)),
+        [Spans(rows[:1], t([0]), t([len(root)]), len(root), t([list(range(9))])),
+         Spans(rows[[g[0] for g in groups]], t([len(root)] * 3), t(group_lens), max(group_lens),
                    _pad_stack(groups))])
-    whole = ref.Spans(rows, torch.zeros_like(rows), full_lens, int(full_lens.max()))
+    whole = Spans(rows, torch.zeros_like(rows), full_lens, int(full_lens.max()))
     expected = ref.decode_attention(*f64(q, kc, vc), table, whole, d ** -0.5)
     out = tri.cascade_decode_attention(q, kc, vc, table, *spans(), d ** -0.5)
     assert rel_err(out, expected) < TOL[dtype]
     # the torch reference of the cascade path agrees too
-    assert rel_err(ref.cascade_decode_attention(*f64(q, kc, vc), table, *spans(), d ** -0.5), expected) < 1e-10
+    assert rel_err(ref.cascade_decode_attention(*f64(q, kc, vc), table, *spans(), d**-0.5), expected) < 1e-10
 
 
 def test_cascade_plan_pads_to_a_shape_only_length():
     """The tile plan of a level: one entry per tile of each group, -1 after, of a length that a
     CUDA graph can fix (groups + ceil(batch / rows per tile))."""
     zeros = torch.zeros(3, dtype=torch.long)
-    level = ref.Spans(zeros, zeros, zeros + 1, 1,
+    level = Spans(zeros, zeros, zeros + 1, 1,
                       torch.tensor([[0, 1, 2, 3, 4, 5, 6, -1, -1, -1], [7, 8] + [-1] * 8, [-1] * 10]))
     work = tri.plan_level(level, batch=9, g=16)     # 4 rows per tile: group 0 needs 2 tiles, group 1 one
     assert len(work) == 3 + 3
@@ -170,7 +174,14 @@ def test_extend_attention(dtype, h, hkv, d):
     table, rows = slot_table(distinct_slots(kv_lens, 400))
     q = torch.randn(sum(q_lens), h, d, device=DEVICE).to(dtype)
     q_start = torch.tensor([0, q_lens[0], q_lens[0] + q_lens[1]], device=DEVICE)
-    args = (table, rows, q_start, torch.tensor(q_lens, device=DEVICE), torch.tensor(kv_lens, device=DEVICE), d ** -0.5)
+    args = (
+        table,
+        rows,
+        q_start,
+        torch.tensor(q_lens, device=DEVICE),
+        torch.tensor(kv_lens, device=DEVICE),
+        d**-0.5,
+    )
     out = tri.extend_attention(q, kc, vc, *args)
     expected = ref.extend_attention(*f64(q, kc, vc), *args)
     assert rel_err(out, expected) < TOL[dtype]
@@ -183,7 +194,9 @@ def test_extend_attention_sliding_window():
     q = torch.randn(40, 8, 64, device=DEVICE)
     args = (table, rows, torch.tensor([0], device=DEVICE), torch.tensor(q_lens, device=DEVICE),
             torch.tensor(kv_lens, device=DEVICE), 0.125, 24)
-    assert rel_err(tri.extend_attention(q, kc, vc, *args), ref.extend_attention(*f64(q, kc, vc), *args)) < 1e-5
+    assert (
+        rel_err(tri.extend_attention(q, kc, vc, *args), ref.extend_attention(*f64(q, kc, vc), *args)) < 1e-5
+    )
 
 
 # ---------------------------------------------------------------- per-token kernels
@@ -211,7 +224,7 @@ def test_rms_norm(dtype, with_residual):
 @pytest.mark.parametrize("d,rot", [(64, 64), (128, 128), (64, 32)])
 def test_rope(dtype, rope_type, d, rot):
     from tts_engine.config import RopeConfig
-    from tts_engine.models.llama import Rotary
+    from tts_engine.models.layers import Rotary
     rope = RopeConfig(theta=500000.0, rope_type=rope_type, factor=8.0, original_max_position_embeddings=64,
                       partial_rotary_factor=rot / d)
     table = Rotary(rope, d, 300).to(DEVICE)
@@ -226,77 +239,3 @@ def test_rope(dtype, rope_type, d, rot):
 def test_silu_and_mul(dtype):
     x = torch.randn(4, 2 * 80, device=DEVICE).to(dtype)
     assert rel_err(etri.silu_and_mul(x), eref.silu_and_mul(x.double())) < TOL[dtype]
-
-
-def test_engine_triton_backend_matches_torch_backend(tmp_path):
-    """The whole engine with every Triton kernel (interpreted on the CPU): same greedy tokens."""
-    tiny_llama = _tiny_model(str(tmp_path))
-    prompts = [{"prompt_token_ids": [random.randrange(4, 384) for _ in range(n)]} for n in (3, 21, 40)]
-    prompts.append({"prompt_token_ids": prompts[2]["prompt_token_ids"][:30] + [7, 8]})   # shares a prefix
-    sp = SamplingParams(n=2, temperature=0, max_tokens=8, ignore_eos=True)
-    outs = {}
-    for backend in ("torch", "triton"):
-        llm = LLM(tiny_llama, dtype="float32", device=DEVICE, kv_cache_tokens=1024, attention_backend=backend,
-                  max_num_batched_tokens=32, max_num_seqs=16)
-        llm.runner.cascade_min_work = 8      # make the cascade path run
-        outs[backend] = [[o.token_ids for o in r.outputs] for r in llm.generate(prompts, sp)]
-    assert outs["triton"] == outs["torch"]
-
-
-def _tiny_model(folder: str, max_pos: int = 512) -> str:
-    from tts_engine.random_model import save_random_model
-    save_random_model(folder, dict(architectures=["LlamaForCausalLM"], vocab_size=384, hidden_size=64,
-                                   intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=max_pos),
-                      seed=random.randrange(1000), dtype=torch.float32, std=0.1)
-    return folder
-
-
-def _graph_workload():
-    """Two beams of three samples each over one prompt, plus a lone prompt: batches of 7 rows
-    (padded to 8) with two cascade levels, then 1 row once the short ones finish."""
-    rand = lambda n: [random.randrange(4, 384) for _ in range(n)]   # noqa: E731
-    prompt = rand(40)
-    prompts = [{"prompt_token_ids": prompt + rand(12)} for _ in range(2)] + [{"prompt_token_ids": rand(9)}]
-    params = [SamplingParams(n=3, temperature=0, max_tokens=10, ignore_eos=True)] * 2 + \
-        [SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)]
-    return prompts, params
-
-
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_decode_graph_buffers_match_eager(tmp_path, backend):
-    """The CUDA-graph decode path without the capture (its static buffers, padding rows on the
-    scratch row, static cascade levels, the Triton tile plan) gives the same tokens as eager steps."""
-    folder = _tiny_model(str(tmp_path), max_pos=128)   # graphs split the whole width: keep it short here
-    prompts, params = _graph_workload()
-    outs, graph_steps = [], []
-    for graphs in (False, True):
-        llm = LLM(folder, dtype="float32", device=DEVICE, kv_cache_tokens=1024, attention_backend=backend,
-                  max_num_seqs=16)
-        llm.runner.cascade_min_work = 8
-        if graphs:
-            llm.runner.capture_decode_graphs(16, capture=False)
-            real = llm.runner.graphs.run
-
-            def spy(ids, pos, meta, real=real):
-                graph_steps.append((ids.shape[0], len(meta.cascade_levels or ())))
-                return real(ids, pos, meta)
-
-            llm.runner.graphs.run = spy
-        outs.append([[o.token_ids for o in r.outputs] for r in llm.generate(prompts, params)])
-    assert outs[0] == outs[1]
-    assert (7, 2) in graph_steps and (1, 0) in graph_steps
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run by benchmarks/gpu_check.sh)")
-def test_cuda_graph_decode_matches_eager(tmp_path):
-    """Captured graphs (plain and cascade) replay to the same greedy tokens as eager steps."""
-    folder = _tiny_model(str(tmp_path))
-    prompts, params = _graph_workload()
-    outs = []
-    for eager in (True, False):
-        llm = LLM(folder, dtype="float32", device="cuda", kv_cache_tokens=2048, enforce_eager=eager, max_num_seqs=32)
-        llm.runner.cascade_min_work = 8
-        assert (llm.runner.graphs is None) == eager
-        outs.append([[o.token_ids for o in r.outputs] for r in llm.generate(prompts, params)])
-    assert outs[0] == outs[1]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tts_engine import LLM, SamplingParams
-from tts_engine.engine.sampler import sample
-from tts_engine.engine.sequence import Sequence
+from tts_engine.engine import sampler
+from tts_engine.engine.sampler import Sampler
 
 
 def expected_probs(logits: list[float], temperature: float, top_k: int, top_p: float) -> list[float]:
@@ -39,9 +39,10 @@ def test_sampling_distribution(temperature, top_k, top_p):
     logits = torch.randn(vocab) * 1.5
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
     draws = 4000
-    seqs = [Sequence(i, 0, i, [0], params, seed=random.randrange(1 << 40)) for i in range(draws)]
-    tokens, _ = sample(logits.expand(draws, vocab).clone(), seqs)
-    freq = torch.bincount(torch.tensor(tokens), minlength=vocab).double() / draws
+    out = Sampler()(
+        logits.expand(draws, vocab).clone(), [params] * draws, [random.random() for _ in range(draws)]
+    )
+    freq = torch.bincount(out.tokens, minlength=vocab).double() / draws
     ref = torch.tensor(expected_probs(logits.tolist(), temperature, top_k, top_p), dtype=torch.float64)
     assert (freq[ref == 0] == 0).all(), "a token outside top-k / top-p was drawn"
     # 5 standard errors per token
@@ -49,12 +50,45 @@ def test_sampling_distribution(temperature, top_k, top_p):
     assert ((freq - ref).abs() <= tol).all(), (freq, ref)
 
 
-def test_greedy_is_argmax():
-    logits = torch.randn(3, 50)
-    seqs = [Sequence(i, 0, i, [0], SamplingParams(temperature=0), seed=i) for i in range(3)]
-    tokens, logprobs = sample(logits, seqs)
-    assert tokens == logits.argmax(-1).tolist()
-    assert torch.allclose(logprobs, torch.log_softmax(logits, -1))
+def test_greedy_is_argmax_and_logprobs_are_raw():
+    logits = torch.randn(4, 50) * 3
+    params = [SamplingParams(temperature=0)] * 2 + [SamplingParams(temperature=0.5, top_p=0.7)] * 2
+    out = Sampler()(logits.clone(), params, [0.3] * 4)
+    assert out.tokens[:2].tolist() == logits[:2].argmax(-1).tolist()
+    raw = torch.log_softmax(logits, -1)
+    assert torch.allclose(out.logprobs, raw.gather(1, out.tokens[:, None])[:, 0], atol=1e-5)
+    assert torch.allclose(out.lse, torch.logsumexp(logits, -1), atol=1e-5)
+
+
+def test_blocked_draw_is_the_inverse_cdf_over_the_whole_vocabulary():
+    """The two-level draw (block sums, then inside the block) picks exactly the token that a full
+    cumulative sum in token order picks, for any uniform; the vocabulary ends in a partial block."""
+    vocab = 3 * sampler.BLOCK + 371
+    weights = torch.rand(64, vocab) ** 8            # uneven, some blocks far heavier than others
+    u = torch.rand(64, dtype=torch.float64)
+    cdf = weights.double().cumsum(-1)
+    expected = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    assert torch.equal(sampler._draw_blocked(weights, u), expected)
+    # the top end: u just below 1 never lands past the last token with weight
+    weights[:, -500:] = 0
+    assert (
+        sampler._draw_blocked(weights, torch.full((64,), 1 - 1e-16, dtype=torch.float64)) < vocab - 500
+    ).all()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_sampling_distribution_on_a_large_vocabulary(temperature):
+    """Mass spread over tokens in different blocks (the last one partial), the rest nearly zero."""
+    vocab = 2 * sampler.BLOCK + 100
+    logits = torch.full((vocab,), -30.0)
+    hot = torch.tensor([3, 1500, 1501, 2047, 2048, vocab - 1])
+    logits[hot] = torch.randn(len(hot))
+    draws = 4000
+    out = Sampler()(logits.expand(draws, vocab).clone(), [SamplingParams(temperature=temperature)] * draws,
+                 [random.random() for _ in range(draws)])
+    freq = torch.bincount(out.tokens, minlength=vocab).double() / draws
+    ref = torch.softmax(logits.double() / temperature, -1)
+    assert ((freq - ref).abs() <= 5 * torch.sqrt(ref * (1 - ref) / draws) + 1e-9).all()
 
 
 def test_seed_reproducible_regardless_of_batch(tiny_llama):
@@ -64,10 +98,14 @@ def test_seed_reproducible_regardless_of_batch(tiny_llama):
     alone = [o.token_ids for o in llm.generate(p, sp)[0].outputs]
     others = [{"prompt_token_ids": [random.randrange(4, 384) for _ in range(random.randrange(3, 40))]}
               for _ in range(5)]
-    batch = llm.generate(others[:2] + [p] + others[2:],
-                         [SamplingParams(n=2, temperature=1.0, max_tokens=25)] * 2 + [sp] + [SamplingParams()] * 3)
+    batch = llm.generate(
+        others[:2] + [p] + others[2:],
+        [SamplingParams(n=2, temperature=1.0, max_tokens=25)] * 2 + [sp] + [SamplingParams()] * 3,
+    )
     assert [o.token_ids for o in batch[2].outputs] == alone
-    different = llm.generate(p, SamplingParams(n=3, temperature=1.0, top_p=0.9, max_tokens=30, seed=99, ignore_eos=True))
+    different = llm.generate(
+        p, SamplingParams(n=3, temperature=1.0, top_p=0.9, max_tokens=30, seed=99, ignore_eos=True)
+    )
     assert [o.token_ids for o in different[0].outputs] != alone
     assert len({tuple(t) for t in alone}) == 3     # the n samples differ from each other
 
@@ -75,14 +113,16 @@ def test_seed_reproducible_regardless_of_batch(tiny_llama):
 def test_logprobs(tiny_llama):
     llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=4096)
     ids = [5, 17, 99, 200, 31]
-    out = llm.generate({"prompt_token_ids": ids},
-                       SamplingParams(temperature=0.9, max_tokens=6, logprobs=3, seed=0, ignore_eos=True))[0].outputs[0]
+    out = llm.generate(
+        {"prompt_token_ids": ids},
+        SamplingParams(temperature=0.9, max_tokens=6, logprobs=3, seed=0, ignore_eos=True),
+    )[0].outputs[0]
     assert len(out.logprobs) == 6
     chosen = [lp[t] for lp, t in zip(out.logprobs, out.token_ids)]
     assert out.cumulative_logprob == pytest.approx(sum(chosen), abs=1e-5)
     assert all(3 <= len(lp) <= 4 for lp in out.logprobs)
     # The first token's logprob is the model's raw log-softmax at the end of the prompt.
-    logits = llm.model.compute_logits(llm.encode([ids], positions=[[len(ids) - 1]])[0])[0]
+    logits = llm.engine.model.compute_logits(llm.encode([ids], positions=[[len(ids) - 1]])[0])[0]
     assert chosen[0] == pytest.approx(torch.log_softmax(logits, -1)[out.token_ids[0]].item(), abs=1e-4)
 
 
@@ -90,13 +130,12 @@ def test_logprobs(tiny_llama):
 def test_truncation_keeps_exactly_the_nucleus_on_a_large_vocabulary(flat):
     """With 5,000 tokens the top-p set is found among the top-256 candidates when the distribution
     is peaked, and by a full sort when the nucleus is wider: both must keep exactly the right set."""
-    from tts_engine.engine.sampler import truncated_candidates
     vocab = 5000
     logits = torch.randn(4, vocab) * (0.3 if flat else 4.0)
     top_k = torch.tensor([0, 0, 40, 600])
     top_p = torch.tensor([0.9, 0.5, 0.95, 0.99])
-    probs = logits.softmax(-1)
-    cand_p, cand_ids = truncated_candidates(probs, top_k, top_p)
+    weights = (logits - logits.max(-1, keepdim=True).values).exp()     # unnormalised, as the sampler has them
+    cand_p, cand_ids = sampler.truncated_candidates(weights, top_k, top_p, k=600)
     for r in range(4):
         kept = set(cand_ids[r][cand_p[r] > 0].tolist())
         ref = expected_probs(logits[r].tolist(), 1.0, int(top_k[r]), float(top_p[r]))

@@ -28,7 +28,9 @@ def test_stop_string_across_tokens(llm):
     stop = ref.text[boundary - 1:boundary + 1]
     assert len(stop) == 2
     first = ref.text.find(stop)
-    out = llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=40, stop=[stop], ignore_eos=True))[0].outputs[0]
+    out = llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=40, stop=[stop], ignore_eos=True))[
+        0
+    ].outputs[0]
     assert out.finish_reason == "stop" and out.stop_reason == stop
     assert out.text == ref.text[:first + len(stop)]
     assert out.token_ids == ref.token_ids[:len(out.token_ids)]
@@ -46,7 +48,9 @@ def test_stop_string_inside_one_token(llm):
     else:
         pytest.skip("no multi-character token in this sample")
     stop = piece[0]
-    out = llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=40, stop=stop, ignore_eos=True))[0].outputs[0]
+    out = llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=40, stop=stop, ignore_eos=True))[
+        0
+    ].outputs[0]
     assert out.finish_reason == "stop"
     assert len(out.token_ids) == i + 1
     assert out.text == tok.decode(ref.token_ids[:i]) + stop
@@ -58,15 +62,17 @@ def test_stop_token_ids_eos_and_length(llm):
     out = llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=30, stop_token_ids=[target],
                                               ignore_eos=True))[0].outputs[0]
     k = ref.token_ids.index(target)
-    assert out.token_ids == ref.token_ids[:k + 1] and out.finish_reason == "stop" and out.stop_reason == target
+    assert (
+        out.token_ids == ref.token_ids[: k + 1] and out.finish_reason == "stop" and out.stop_reason == target
+    )
     short = llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))[0].outputs[0]
     assert short.token_ids == ref.token_ids[:5] and short.finish_reason == "length"
     # Make EOS the token greedy picks third: generation stops there.
-    llm.eos_token_ids.add(ref.token_ids[2])
+    llm.engine.eos_token_ids.add(ref.token_ids[2])
     try:
         eos = llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=30))[0].outputs[0]
     finally:
-        llm.eos_token_ids.discard(ref.token_ids[2])
+        llm.engine.eos_token_ids.discard(ref.token_ids[2])
     first = ref.token_ids.index(ref.token_ids[2])
     assert eos.token_ids == ref.token_ids[:first + 1] and eos.finish_reason == "stop"
 
@@ -77,7 +83,9 @@ def test_smollm2_stops_at_step_boundary(smollm2):
     prompt = tok.apply_chat_template(
         [{"role": "user", "content": "Solve step by step, one step per paragraph: what is 12 * 15 + 7?"}],
         add_generation_prompt=True)
-    outs = smollm2.generate([prompt], SamplingParams(n=8, temperature=0.8, max_tokens=120, stop=["\n\n"], seed=3))
+    outs = smollm2.generate(
+        [prompt], SamplingParams(n=8, temperature=0.8, max_tokens=120, stop=["\n\n"], seed=3)
+    )
     stopped = [o for o in outs[0].outputs if o.stop_reason == "\n\n"]
     assert stopped, [o.text for o in outs[0].outputs]
     for o in stopped:

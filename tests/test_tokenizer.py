@@ -31,7 +31,9 @@ def test_chat_template_from_jinja_file(tiny_llama, tmp_path):
     import shutil
     folder = tmp_path / "t"
     shutil.copytree(tiny_llama, folder)
-    (folder / "chat_template.jinja").write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    )
     tok = Tokenizer.from_dir(str(folder))
     assert tok.apply_chat_template(MESSAGES[:1]) == "[user] What is 2 + 3?\n"
 
@@ -50,7 +52,11 @@ def test_smollm2_gguf_tokenizer_matches_transformers(smollm2, smollm2_gguf):
     ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(smollm2_gguf),
                                                      gguf_file=os.path.basename(smollm2_gguf))
     ours = smollm2.get_tokenizer()
-    for text in ["Hello world!", "  leading spaces\n\nand 12345 digits, ünïcödé ✓", "<|im_start|>user\nhi<|im_end|>"]:
+    for text in [
+        "Hello world!",
+        "  leading spaces\n\nand 12345 digits, ünïcödé ✓",
+        "<|im_start|>user\nhi<|im_end|>",
+    ]:
         assert ours.encode(text) == ref.encode(text)
     msgs = [{"role": "user", "content": "Compute 3 + 4."}]
     assert ours.apply_chat_template(msgs, add_generation_prompt=True) == \

@@ -1,17 +1,58 @@
-"""Model configuration read from a Hugging Face config.json (or GGUF metadata).
+"""Configuration: the model's (read from a Hugging Face config.json or GGUF metadata) and the
+engine's settings, plain dataclasses at the bottom of the import order.
 
-One decoder covers Llama, Qwen2 and Mistral; they differ in a few flags kept here.
-RoPE comes in two config styles: hub-style `rope_theta` + `rope_scaling`, and the newer
-`rope_parameters` written by transformers 5. Both end up in `RopeConfig`.
+One decoder covers Llama, Qwen2 and Mistral; they differ in a few flags, which each architecture's
+registry entry (tts_engine/models/registry.py) sets through `ArchFlags`. RoPE comes in two config
+styles: hub-style `rope_theta` + `rope_scaling`, and the newer `rope_parameters` written by
+transformers 5. Both end up in `RopeConfig`.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
+from typing import Any
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class ArchFlags:
+    """What an architecture's config.json does not spell out."""
+    qkv_bias: bool = False          # q/k/v projections always carry a bias (Qwen2)
+    sliding_window: bool = False    # honours config.sliding_window (Mistral)
+
+
+@dataclass
+class EngineConfig:
+    """Everything an engine is built from, besides the model's own config. `LLM` (and `PRM`)
+    fill it from their arguments; the engine, scheduler and runner read it."""
+    model: str
+    tokenizer: str | None = None
+    dtype: Any = "auto"                    # "auto", "float32", "bfloat16", "float16" or a torch.dtype
+    device: str | None = None              # None: CUDA when available, else the CPU
+    seed: int = 0                          # seeds samples whose SamplingParams carry no seed
+    kv_cache_tokens: int | None = None     # KV pool size in tokens (None: from the memory budget)
+    gpu_memory_utilization: float = 0.9
+    max_num_batched_tokens: int = 2048     # tokens per step (decode + prefill chunks)
+    max_num_seqs: int = 256                # running sequences
+    max_model_len: int | None = None       # context cap (None: the model's)
+    enable_prefix_caching: bool = True
+    attention_backend: str = "auto"        # "auto", "torch" or "triton"
+    enforce_eager: bool = False            # no CUDA graphs
+    # A span shared by several decoding sequences is read once for all of them (cascade) when
+    # sharers x span tokens reaches this (None: never); see ModelRunner.
+    cascade_min_work: int | None = 2048
+
+    def __post_init__(self):
+        for name in ("max_num_batched_tokens", "max_num_seqs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.kv_cache_tokens is not None and (
+            not isinstance(self.kv_cache_tokens, int) or self.kv_cache_tokens < 2
+        ):
+            raise ValueError(f"kv_cache_tokens must be an integer >= 2, got {self.kv_cache_tokens!r}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
 
 
 @dataclass
@@ -48,6 +89,7 @@ class ModelConfig:
     eos_token_ids: list[int] = field(default_factory=list)
     bos_token_id: int | None = None
     torch_dtype: str | None = None
+    num_labels: int = 2             # outputs of a classification head
 
     @property
     def q_size(self) -> int:
@@ -58,27 +100,8 @@ class ModelConfig:
         return self.num_kv_heads * self.head_dim
 
     @classmethod
-    def from_dir(cls, path: str) -> "ModelConfig":
-        cfg_path = os.path.join(path, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise FileNotFoundError(f"no config.json in model folder {path!r}")
-        with open(cfg_path) as f:
-            raw = json.load(f)
-        gen_path = os.path.join(path, "generation_config.json")
-        gen = {}
-        if os.path.isfile(gen_path):
-            with open(gen_path) as f:
-                gen = json.load(f)
-        return cls.from_dict(raw, gen)
-
-    @classmethod
-    def from_dict(cls, raw: dict, generation_config: dict | None = None) -> "ModelConfig":
-        archs = raw.get("architectures") or []
-        arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
-        if arch is None:
-            raise ValueError(
-                f"unsupported architecture {archs or raw.get('model_type')!r}; "
-                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    def from_dict(cls, raw: dict, architecture: str, flags: ArchFlags = ArchFlags(),
+                  generation_config: dict | None = None) -> "ModelConfig":
         act = raw.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
             raise ValueError(f"unsupported hidden_act {act!r}; only silu is supported")
@@ -91,15 +114,16 @@ class ModelConfig:
         head_dim = raw.get("head_dim") or hidden // num_heads
         num_kv = raw.get("num_key_value_heads") or num_heads
         if num_heads % num_kv:
-            raise ValueError(f"num_attention_heads={num_heads} is not a multiple of num_key_value_heads={num_kv}")
+            raise ValueError(
+                f"num_attention_heads={num_heads} is not a multiple of num_key_value_heads={num_kv}"
+            )
 
-        sliding = None
-        if arch == "MistralForCausalLM":
-            sliding = raw.get("sliding_window")
-        elif arch == "Qwen2ForCausalLM" and raw.get("use_sliding_window"):
-            # Qwen2 applies the window only to layers >= max_window_layers; none of the released
+        if raw.get("use_sliding_window"):
+            # Qwen2 applies the window only to some layers (max_window_layers); none of the released
             # checkpoints turn it on, so refuse rather than compute something different.
-            raise ValueError("Qwen2 use_sliding_window=true is not supported")
+            raise ValueError("use_sliding_window=true (per-layer sliding windows) is not supported")
+        sliding = raw.get("sliding_window") if flags.sliding_window else None
+        bias = bool(raw.get("attention_bias", False))
 
         eos: list[int] = []
         for src in (raw, generation_config or {}):
@@ -108,7 +132,7 @@ class ModelConfig:
                 if isinstance(t, int) and t not in eos:
                     eos.append(t)
         return cls(
-            architecture=arch,
+            architecture=architecture,
             vocab_size=raw["vocab_size"],
             hidden_size=hidden,
             intermediate_size=raw["intermediate_size"],
@@ -120,13 +144,14 @@ class ModelConfig:
             max_position_embeddings=raw.get("max_position_embeddings", 4096),
             rope=parse_rope(raw),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            qkv_bias=arch == "Qwen2ForCausalLM" or bool(raw.get("attention_bias", False)),
-            o_bias=arch != "Qwen2ForCausalLM" and bool(raw.get("attention_bias", False)),
+            qkv_bias=flags.qkv_bias or bias,
+            o_bias=bias,
             mlp_bias=bool(raw.get("mlp_bias", False)),
             sliding_window=sliding,
             eos_token_ids=eos,
             bos_token_id=raw.get("bos_token_id"),
             torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
+            num_labels=raw.get("num_labels") or len(raw.get("id2label") or {}) or 2,
         )
 
 
@@ -147,7 +172,10 @@ def parse_rope(raw: dict) -> RopeConfig:
         factor=float(params.get("factor", 1.0)),
         low_freq_factor=float(params.get("low_freq_factor", 1.0)),
         high_freq_factor=float(params.get("high_freq_factor", 4.0)),
-        original_max_position_embeddings=int(params.get(
-            "original_max_position_embeddings", raw.get("max_position_embeddings", 8192))),
-        partial_rotary_factor=float(params.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))),
+        original_max_position_embeddings=int(
+            params.get("original_max_position_embeddings", raw.get("max_position_embeddings", 8192))
+        ),
+        partial_rotary_factor=float(
+            params.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))
+        ),
     )

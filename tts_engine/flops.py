@@ -25,6 +25,9 @@ def lm_head_flops(cfg: ModelConfig, rows: int) -> int:
 
 
 def forward_flops(cfg: ModelConfig, spans: list[tuple[int, int]], head_rows: int) -> int:
-    """FLOPs of one step that computes positions [start, end) of each sequence and the head on head_rows rows."""
+    """FLOPs of one step that computes positions [start, end) of each sequence, and the head on
+    head_rows rows."""
     per_token = linear_flops_per_token(cfg)
-    return sum(per_token * (e - s) + attention_flops(cfg, s, e) for s, e in spans) + lm_head_flops(cfg, head_rows)
+    return sum(per_token * (e - s) + attention_flops(cfg, s, e) for s, e in spans) + lm_head_flops(
+        cfg, head_rows
+    )

@@ -13,7 +13,9 @@ from tts_engine import LLM, SamplingParams
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tts_engine.generate", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="model folder, .gguf file, or pkg:<python package shipping one>")
+    ap.add_argument(
+        "--model", required=True, help="model folder, .gguf file, or pkg:<python package shipping one>"
+    )
     ap.add_argument("--tokenizer", help="folder with tokenizer.json (default: the model's)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="raw prompt text")

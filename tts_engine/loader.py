@@ -1,4 +1,4 @@
-"""Find a checkpoint and stream its tensors with Hugging Face names.
+"""Find a checkpoint, read its config and stream its tensors with Hugging Face names.
 
 Two sources:
 - a folder with config.json and *.safetensors (one file, or shards listed in
@@ -11,21 +11,21 @@ from __future__ import annotations
 import glob
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from tts_engine.config import ModelConfig, RopeConfig
 
 
 @dataclass
 class Checkpoint:
-    config: ModelConfig
+    config: dict                     # config.json (for GGUF files: the same keys, from its metadata)
     weights: Callable[[], Iterator[tuple[str, torch.Tensor]]]   # called once, streams (name, tensor)
     folder: str                      # where tokenizer files are looked up
     gguf_path: str | None = None     # set when the tokenizer must come from GGUF metadata
+    generation_config: dict = field(default_factory=dict)
 
 
 def resolve_model_path(path: str) -> str:
@@ -44,7 +44,9 @@ def resolve_model_path(path: str) -> str:
 def find_checkpoint(path: str) -> Checkpoint:
     path = resolve_model_path(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"model path {path!r} does not exist (models are loaded from local paths only)")
+        raise FileNotFoundError(
+            f"model path {path!r} does not exist (models are loaded from local paths only)"
+        )
     if os.path.isfile(path):
         if not path.endswith(".gguf"):
             raise ValueError(f"{path!r} is a file but not a .gguf file; pass a model folder or a GGUF file")
@@ -54,11 +56,21 @@ def find_checkpoint(path: str) -> Checkpoint:
         if len(ggufs) == 1:
             return _gguf_checkpoint(ggufs[0])
         if len(ggufs) > 1:
-            raise ValueError(f"{path!r} holds several .gguf files; pass one of them: {[os.path.basename(g) for g in ggufs]}")
+            raise ValueError(
+                f"{path!r} holds several .gguf files; pass one of them: "
+                f"{[os.path.basename(g) for g in ggufs]}"
+            )
         raise FileNotFoundError(f"no config.json (nor a .gguf file) in model folder {path!r}")
-    config = ModelConfig.from_dir(path)
+    config = read_json(os.path.join(path, "config.json"))
+    gen_path = os.path.join(path, "generation_config.json")
+    generation = read_json(gen_path) if os.path.isfile(gen_path) else {}
     files = _safetensors_files(path)
-    return Checkpoint(config, lambda: _iter_safetensors(files), path)
+    return Checkpoint(config, lambda: _iter_safetensors(files), path, generation_config=generation)
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
 
 
 def _safetensors_files(path: str) -> list[str]:
@@ -69,7 +81,9 @@ def _safetensors_files(path: str) -> list[str]:
         files = sorted({os.path.join(path, v) for v in weight_map.values()})
         absent = [f for f in files if not os.path.isfile(f)]
         if absent:
-            raise FileNotFoundError(f"shards listed in {index} are missing: {[os.path.basename(a) for a in absent]}")
+            raise FileNotFoundError(
+                f"shards listed in {index} are missing: {[os.path.basename(a) for a in absent]}"
+            )
         return files
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if not files:
@@ -99,7 +113,9 @@ def gguf_reader(path: str):
     try:
         import gguf
     except ImportError as e:
-        raise ImportError("loading GGUF files needs the `gguf` package: pip install 'tts-engine[gguf]'") from e
+        raise ImportError(
+            "loading GGUF files needs the `gguf` package: pip install 'tts-engine[gguf]'"
+        ) from e
     return gguf.GGUFReader(path)
 
 
@@ -108,33 +124,36 @@ def _field(reader, key: str, default=None):
     return default if f is None else f.contents()
 
 
-def gguf_config(reader) -> ModelConfig:
+def gguf_config(reader) -> dict:
+    """The config.json equivalent of a GGUF file's metadata."""
     arch = _field(reader, "general.architecture")
     if arch != "llama":
         raise ValueError(f"unsupported GGUF architecture {arch!r}; only 'llama' GGUF files are supported")
     g = lambda k, d=None: _field(reader, f"llama.{k}", d)  # noqa: E731
     hidden, heads = g("embedding_length"), g("attention.head_count")
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = g("vocab_size") or (len(tokens.data) if tokens is not None else None)
-    head_dim = g("attention.key_length") or hidden // heads
     rope_scaling = g("rope.scaling.type", "none")
-    rope_type = {"none": "default", "linear": "linear"}.get(rope_scaling)
-    if rope_type is None:
+    if rope_scaling not in ("none", "linear"):
         raise ValueError(f"unsupported GGUF rope scaling {rope_scaling!r}")
-    tensor_names = {t.name for t in reader.tensors}
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
-    return ModelConfig(
-        architecture="LlamaForCausalLM", vocab_size=vocab, hidden_size=hidden,
-        intermediate_size=g("feed_forward_length"), num_layers=g("block_count"), num_heads=heads,
-        num_kv_heads=g("attention.head_count_kv", heads), head_dim=head_dim,
-        rms_norm_eps=g("attention.layer_norm_rms_epsilon", 1e-5),
-        max_position_embeddings=g("context_length", 4096),
-        rope=RopeConfig(theta=g("rope.freq_base", 10000.0), rope_type=rope_type,
-                        factor=g("rope.scaling.factor", 1.0)),
-        tie_word_embeddings="output.weight" not in tensor_names,
-        eos_token_ids=[eos] if eos is not None else [],
-        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-    )
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": g("vocab_size") or (len(tokens.data) if tokens is not None else None),
+        "hidden_size": hidden,
+        "intermediate_size": g("feed_forward_length"),
+        "num_hidden_layers": g("block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": g("attention.head_count_kv", heads),
+        "head_dim": g("attention.key_length") or hidden // heads,
+        "rms_norm_eps": g("attention.layer_norm_rms_epsilon", 1e-5),
+        "max_position_embeddings": g("context_length", 4096),
+        "rope_theta": g("rope.freq_base", 10000.0),
+        "rope_scaling": {"rope_type": "linear", "factor": g("rope.scaling.factor", 1.0)}
+        if rope_scaling == "linear" else None,
+        "tie_word_embeddings": "output.weight" not in {t.name for t in reader.tensors},
+        "eos_token_id": eos,
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+    }
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -142,7 +161,7 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _iter_gguf(reader, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+def _iter_gguf(reader, cfg: dict) -> Iterator[tuple[str, torch.Tensor]]:
     from gguf.quants import dequantize
     for t in reader.tensors:
         base, _, kind = t.name.rpartition(".")
@@ -160,13 +179,15 @@ def _iter_gguf(reader, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
         w = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # a writable copy
         w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
         if name.endswith("q_proj.weight"):
-            w = _unpermute(w, cfg.num_heads)
+            w = _unpermute(w, cfg["num_attention_heads"])
         elif name.endswith("k_proj.weight"):
-            w = _unpermute(w, cfg.num_kv_heads)
+            w = _unpermute(w, cfg["num_key_value_heads"])
         yield name, torch.from_numpy(np.ascontiguousarray(w))
 
 
 def _gguf_checkpoint(path: str) -> Checkpoint:
     reader = gguf_reader(path)
     cfg = gguf_config(reader)
-    return Checkpoint(cfg, lambda: _iter_gguf(reader, cfg), os.path.dirname(os.path.abspath(path)), gguf_path=path)
+    return Checkpoint(
+        cfg, lambda: _iter_gguf(reader, cfg), os.path.dirname(os.path.abspath(path)), gguf_path=path
+    )

@@ -9,13 +9,30 @@ import os
 import torch
 from safetensors.torch import save_file
 
-LLAMA_3_2_1B = dict(architectures=["LlamaForCausalLM"], vocab_size=128256, hidden_size=2048,
-                    intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                    head_dim=64, rms_norm_eps=1e-5, max_position_embeddings=131072, tie_word_embeddings=True,
-                    rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                                       "high_freq_factor": 4.0,
-                                                       "original_max_position_embeddings": 8192},
-                    bos_token_id=0, eos_token_id=1, torch_dtype="bfloat16")
+LLAMA_3_2_1B = dict(
+    architectures=["LlamaForCausalLM"],
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=131072,
+    tie_word_embeddings=True,
+    rope_theta=500000.0,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    bos_token_id=0,
+    eos_token_id=1,
+    torch_dtype="bfloat16",
+)
 
 
 def save_random_model(folder: str, config: dict, seed: int = 0, dtype: torch.dtype = torch.bfloat16,

@@ -11,7 +11,9 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0                    # 0 or -1 = off
     max_tokens: int = 16
-    stop: list[str] | str | None = None   # matched on the text; kept in the output (vLLM's include_stop_str_in_output)
+    stop: list[str] | str | None = (
+        None  # matched on the text; kept in the output (vLLM's include_stop_str_in_output)
+    )
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     seed: int | None = None           # sample k of a request uses seed + k

@@ -45,7 +45,9 @@ class Tokenizer:
     def from_dir(cls, path: str) -> "Tokenizer":
         tok_file = os.path.join(path, "tokenizer.json")
         if not os.path.isfile(tok_file):
-            raise FileNotFoundError(f"no tokenizer.json in {path!r}; pass tokenizer=<folder with tokenizer.json>")
+            raise FileNotFoundError(
+                f"no tokenizer.json in {path!r}; pass tokenizer=<folder with tokenizer.json>"
+            )
         cfg = {}
         cfg_file = os.path.join(path, "tokenizer_config.json")
         if os.path.isfile(cfg_file):
@@ -89,10 +91,17 @@ class Tokenizer:
         # user-defined ones (type 4) stay whole but are ordinary text.
         tok.add_special_tokens([AddedToken(t, normalized=False, special=True)
                                 for t, ty in zip(tokens, types) if ty == 3])
-        tok.add_tokens([AddedToken(t, normalized=False, special=False) for t, ty in zip(tokens, types) if ty == 4])
+        tok.add_tokens(
+            [AddedToken(t, normalized=False, special=False) for t, ty in zip(tokens, types) if ty == 4]
+        )
         bos, eos = field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id")
-        return cls(tok, field("tokenizer.chat_template"), tokens[bos] if bos is not None else None,
-                   tokens[eos] if eos is not None else None, bool(field("tokenizer.ggml.add_bos_token", False)))
+        return cls(
+            tok,
+            field("tokenizer.chat_template"),
+            tokens[bos] if bos is not None else None,
+            tokens[eos] if eos is not None else None,
+            bool(field("tokenizer.ggml.add_bos_token", False)),
+        )
 
     # ------------------------------------------------------------ encode / decode
     @property
@@ -101,7 +110,12 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
-        if add_special_tokens and self.add_bos_token and self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
+        if (
+            add_special_tokens
+            and self.add_bos_token
+            and self.bos_token_id is not None
+            and ids[:1] != [self.bos_token_id]
+        ):
             ids = [self.bos_token_id] + ids
         return ids
 
@@ -127,7 +141,9 @@ class Tokenizer:
         if continue_final_message:
             final = messages[-1]["content"]
             if not isinstance(final, str) or final.strip() not in text:
-                raise ValueError("continue_final_message: the final message's text is not in the rendered chat")
+                raise ValueError(
+                    "continue_final_message: the final message's text is not in the rendered chat"
+                )
             loc = text.rindex(final.strip())
             # Keep the message's trailing whitespace when the template kept it too.
             kept = text[loc:loc + len(final.lstrip())] == final
@@ -142,9 +158,14 @@ def _raise(message: str):
 @lru_cache(maxsize=16)
 def _compile(template: str) -> jinja2.Template:
     # Same environment settings as transformers, so hub templates render identically.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False, separators=None, sort_keys=False: json.dumps(
-        x, indent=indent, ensure_ascii=ensure_ascii, separators=separators, sort_keys=sort_keys)
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = (
+        lambda x, indent=None, ensure_ascii=False, separators=None, sort_keys=False: json.dumps(
+            x, indent=indent, ensure_ascii=ensure_ascii, separators=separators, sort_keys=sort_keys
+        )
+    )
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(template)

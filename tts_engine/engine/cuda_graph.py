@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from tts_engine.kernels.attention_ref import Spans
+from tts_engine.kernels.spans import Spans
 from tts_engine.models.attention import AttentionMetadata
-from tts_engine.models.llama import CausalLM
+from tts_engine.models.model import Model
 
 MAX_LEVELS = 3
 
@@ -28,7 +28,7 @@ def graph_batch_sizes(max_bs: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, model: CausalLM, slot_table: torch.Tensor, pad_row: int, scratch_slot: int, max_bs: int,
+    def __init__(self, model: Model, slot_table: torch.Tensor, pad_row: int, scratch_slot: int, max_bs: int,
                  device: torch.device, capture: bool = True):
         """capture=False runs the same static-buffer steps eagerly (tests the buffer handling on a CPU)."""
         self.model, self.slot_table = model, slot_table
@@ -44,7 +44,9 @@ class DecodeGraphs:
         self.level_bufs = [(torch.zeros(g, **long), torch.zeros(g, **long), torch.zeros(g, **long),
                             torch.full((g, n), -1, **long)) for _ in range(MAX_LEVELS)]
         width = slot_table.shape[1]
-        self.decode = {bs: Spans(self.rows[:bs], self.starts[:bs], self.lens[:bs], width) for bs in self.sizes}
+        self.decode = {
+            bs: Spans(self.rows[:bs], self.starts[:bs], self.lens[:bs], width) for bs in self.sizes
+        }
         self.levels = {bs: [Spans(rows[:bs // 2], starts[:bs // 2], lens[:bs // 2], width, grp[:bs // 2, :bs])
                             for rows, starts, lens, grp in self.level_bufs]
                        for bs in self.sizes if bs >= 2}
@@ -103,7 +105,9 @@ class DecodeGraphs:
             level.lens.zero_()
             level.group_rows.fill_(-1)
         if not torch.allclose(self.logits[:bs], eager, rtol=1e-3, atol=1e-3):
-            raise RuntimeError(f"CUDA graph for batch size {bs} (cascade={cascade}) does not reproduce the eager step")
+            raise RuntimeError(
+                f"CUDA graph for batch size {bs} (cascade={cascade}) does not reproduce the eager step"
+            )
 
     def can_run(self, meta: AttentionMetadata) -> bool:
         return meta.num_decode <= self.max_bs and len(meta.cascade_levels or ()) <= MAX_LEVELS

@@ -1,31 +1,34 @@
 """Model runner: owns the model and the KV pool, turns a scheduled batch into tensors, runs the
-forward pass and returns logits for the sequences that sample this step."""
+forward pass and returns the head's output for the sequences that sample this step and the hidden
+states the batch keeps."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
+from tts_engine.config import EngineConfig
+from tts_engine.engine.cache import cascade_levels
 from tts_engine.engine.cuda_graph import DecodeGraphs
 from tts_engine.engine.scheduler import ScheduledBatch
 from tts_engine.engine.sequence import Sequence
-from tts_engine.kernels.attention_ref import Spans
+from tts_engine.kernels.spans import Spans
 from tts_engine.models.attention import AttentionMetadata
-from tts_engine.models.llama import CausalLM
+from tts_engine.models.model import Model
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, num_slots: int, dtype: torch.dtype, device: torch.device,
-                 max_num_seqs: int, max_model_len: int, cascade_min_work: int | None = 2048):
+    def __init__(self, model: Model, config: EngineConfig, num_slots: int, max_model_len: int):
         cfg = model.cfg
+        weight = next(model.parameters())
+        dtype, device, max_num_seqs = weight.dtype, weight.device, config.max_num_seqs
         self.model, self.device = model, device
         # A span shared by several decoding sequences is read once for all of them (cascade) when
-        # sharers x span tokens reaches this (None: never). benchmarks/bench_kernels.py --cpu
-        # (32/8 heads, slots gathered once per step): cascade breaks even at 2k (8 x 256) and pays
-        # from 4k (4 x 1024, 16 x 256, 64 x 64); it costs up to 3.6x on small groups. End to end on
-        # the CPU beam benchmark (SmolLM2), 2048 and 4096 ran 5-10% faster than 1024 or no cascade
-        # (two runs each; this VM's noise is of that order). Re-measure on GPUs.
-        self.cascade_min_work = cascade_min_work
+        # sharers x span tokens reaches EngineConfig.cascade_min_work (None: never). Its default,
+        # 2048: benchmarks/bench_kernels.py --cpu (32/8 heads, slots gathered once per step): cascade
+        # breaks even at 2k (8 x 256) and pays from 4k (4 x 1024, 16 x 256, 64 x 64); it costs up to
+        # 3.6x on small groups. End to end on the CPU beam benchmark (SmolLM2), 2048 and 4096 ran
+        # 5-10% faster than 1024 or no cascade (two runs each; this VM's noise is of that order).
+        # Re-measure on GPUs.
+        self.cascade_min_work = config.cascade_min_work
         # One tensor for the whole pool: [layers, K/V, slots, kv_heads, head_dim]. The extra last
         # slot belongs to no sequence: padding rows of CUDA-graph batches write there.
         self.kv_cache = torch.zeros(cfg.num_layers, 2, num_slots + 1, cfg.num_kv_heads, cfg.head_dim,
@@ -40,16 +43,18 @@ class ModelRunner:
         self.pad_row = max_num_seqs
         self.slot_table[self.pad_row] = self.scratch_slot
         self.graphs: DecodeGraphs | None = None
-        for i, layer in enumerate(model.model.layers):
-            layer.self_attn.attn.k_cache = self.kv_cache[i, 0]
-            layer.self_attn.attn.v_cache = self.kv_cache[i, 1]
+        layers = model.attention_layers()
+        if len(layers) != cfg.num_layers:
+            raise RuntimeError(f"{len(layers)} attention modules for {cfg.num_layers} layers")
+        for i, attn in enumerate(layers):
+            attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
 
     def prepare(self, batch: ScheduledBatch):
-        """Pack the batch: (input_ids, positions, metadata, rows to sample, (seq, position, row) to keep).
-        Every integer the step needs goes to the device in one copy (on CUDA each separate upload
-        would be a synchronous copy of its own)."""
-        t_rows, t_cols, t_slots = self._table_updates(batch.decode + [seq for seq, _, _ in batch.prefill])
-        ids, pos, slot_map, sample_rows, hidden_rows = [], [], [], [], []
+        """Pack the batch: (input_ids, positions, metadata, rows to sample, rows to keep), the rows
+        in the order of batch.sampling and batch.kept. Every integer the step needs goes to the
+        device in one copy (on CUDA each separate upload would be a synchronous copy of its own)."""
+        t_rows, t_cols, t_slots = self._table_updates(batch.decode + [c.seq for c in batch.prefill])
+        ids, pos, slot_map, sample_rows, keep_rows = [], [], [], [], []
         for seq in batch.decode:
             n = seq.num_computed - 1
             ids.append(seq.token_ids[n])
@@ -57,28 +62,29 @@ class ModelRunner:
             slot_map.append(seq.slots[n])
             sample_rows.append(len(ids) - 1)
         q_lens, q_start, kv_lens_p = [], [], []
-        for seq, start, end in batch.prefill:
+        for c in batch.prefill:
             q_start.append(len(ids) - len(batch.decode))
-            ids += seq.token_ids[start:end]
-            pos += range(start, end)
-            slot_map += seq.slots[start:end]
-            q_lens.append(end - start)
-            kv_lens_p.append(end)
-            if seq.hidden_positions is not None:
-                hidden_rows += [(seq, p, len(ids) - end + p) for p in seq.hidden_positions if start <= p < end]
-            elif end == len(seq):
+            ids += c.seq.token_ids[c.start:c.end]
+            pos += range(c.start, c.end)
+            slot_map += c.seq.slots[c.start:c.end]
+            q_lens.append(c.end - c.start)
+            kv_lens_p.append(c.end)
+            keep_rows += [len(ids) - c.end + p for p in c.keep]
+            if c.samples:
                 sample_rows.append(len(ids) - 1)
         levels, starts = self.cascade_levels(batch.decode)
         lens = [s.num_computed - st for s, st in zip(batch.decode, starts)]
         level_lists = []
         for groups in levels:
             width = max(len(g.rows) for g in groups)
-            level_lists += [[g.table_row for g in groups], [g.start for g in groups], [g.end - g.start for g in groups],
+            level_lists += [[g.table_row for g in groups], [g.start for g in groups],
+                            [g.end - g.start for g in groups],
                             [r for g in groups for r in g.rows + [-1] * (width - len(g.rows))]]
         (t_rows, t_cols, t_slots, ids, pos, slot_map, d_rows, d_starts, d_lens, p_rows, p_start, p_lens, p_kv,
          *level_tensors) = _upload(self.device, t_rows, t_cols, t_slots, ids, pos, slot_map,
                                    [s.row for s in batch.decode], starts, lens,
-                                   [seq.row for seq, _, _ in batch.prefill], q_start, q_lens, kv_lens_p, *level_lists)
+                                   [c.seq.row for c in batch.prefill], q_start, q_lens, kv_lens_p,
+                                   *level_lists)
         if t_slots.numel():
             self.slot_table[t_rows, t_cols] = t_slots.to(self.slot_table.dtype)
         cascade = []
@@ -90,9 +96,8 @@ class ModelRunner:
             slot_table=self.slot_table, slot_mapping=slot_map, num_decode=len(batch.decode),
             decode=Spans(d_rows, d_starts, d_lens, max(lens, default=0)), cascade_levels=cascade or None,
             prefill_rows=p_rows, prefill_q_start=p_start, prefill_q_lens=p_lens, prefill_kv_lens=p_kv,
-            prefill_max_q_len=max(q_lens, default=0),
-        )
-        return ids, pos, meta, sample_rows, hidden_rows
+            prefill_max_q_len=max(q_lens, default=0))
+        return ids, pos, meta, sample_rows, keep_rows
 
     @staticmethod
     def _table_updates(seqs: list[Sequence]) -> tuple[list[int], list[int], list[int]]:
@@ -111,77 +116,29 @@ class ModelRunner:
     def capture_decode_graphs(self, max_batch_size: int, capture: bool = True) -> None:
         """Capture CUDA graphs of decode steps for batch sizes up to max_batch_size (capture=False:
         run the graphs' static-buffer steps eagerly, which tests them on a CPU)."""
-        self.graphs = DecodeGraphs(self.model, self.slot_table, self.pad_row, self.scratch_slot, max_batch_size,
-                                   self.device, capture)
+        self.graphs = DecodeGraphs(self.model, self.slot_table, self.pad_row, self.scratch_slot,
+                                   max_batch_size, self.device, capture)
 
-    def cascade_levels(self, decode: list[Sequence]) -> tuple[list[list[SharedSpan]], list[int]]:
-        """Where decoding sequences share context, and where each one's own part starts.
-
-        The shared stretches come from the radix tree: a run of nodes with the same set of decoding
-        sequences below it is one span, read once for all of them (the problem prompt for every
-        beam, then a beam's steps for its children, ...). Going down each sequence's path, spans
-        are taken while sharers x span tokens reaches `cascade_min_work`; the k-th taken span of a
-        path is on level k (so no row is in two groups of a level), and the rest of the context
-        is the sequence's own suffix."""
-        starts = [0] * len(decode)
+    def cascade_levels(self, decode: list[Sequence]):
+        """Shared spans of the decoding sequences (cache.cascade_levels), or none when cascade is
+        off, the model has a sliding window, or fewer than two sequences decode."""
         if self.cascade_min_work is None or self.model.cfg.sliding_window is not None or len(decode) < 2:
-            return [], starts
-        count: dict[int, int] = {}
-        paths = []
-        for seq in decode:
-            path, node = [], seq.node
-            while node.parent is not None:
-                path.append(node)
-                count[id(node)] = count.get(id(node), 0) + 1
-                node = node.parent
-            paths.append(path[::-1])
-        levels: list[list[SharedSpan]] = []
-        spans: dict[int, SharedSpan] = {}
-        for i, path in enumerate(paths):
-            j, level = 0, 0
-            while j < len(path):
-                top, sharers = path[j], count[id(path[j])]
-                while j + 1 < len(path) and count[id(path[j + 1])] == sharers:
-                    j += 1
-                start, end = top.depth - len(top.key), path[j].depth
-                if sharers < 2 or sharers * (end - start) < self.cascade_min_work:
-                    break
-                span = spans.get(id(top))
-                if span is None:
-                    span = spans[id(top)] = SharedSpan(decode[i].row, start, end, [])
-                    if level == len(levels):
-                        levels.append([])
-                    levels[level].append(span)
-                span.rows.append(i)
-                starts[i] = end
-                j, level = j + 1, level + 1
-        return levels, starts
+            return [], [0] * len(decode)
+        return cascade_levels([s.node for s in decode], [s.row for s in decode], self.cascade_min_work)
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
-        """Forward the batch; return the sequences that sample now and their logits [n, vocab]
-        (float32). Encode-only sequences get their requested hidden states instead."""
-        input_ids, positions, meta, rows, hidden_rows = self.prepare(batch)
+    def run(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward the batch. Returns the head's output ([len(batch.sampling), ...], float32) and
+        the final hidden states kept ([len(batch.kept), hidden], None when none are)."""
+        input_ids, positions, meta, sample_rows, keep_rows = self.prepare(batch)
         if self.graphs is not None and not batch.prefill and self.graphs.can_run(meta):
-            return list(batch.decode), self.graphs.run(input_ids, positions, meta)
+            return self.graphs.run(input_ids, positions, meta), None
         hidden = self.model(input_ids, positions, meta)
-        for seq, p, row in hidden_rows:
-            seq.hidden_states[p] = hidden[row].clone()
-        logits = self.model.compute_logits(hidden[rows])
-        seqs = list(batch.decode) + [s for s, _, e in batch.prefill if e == len(s) and s.hidden_positions is None]
-        return seqs, logits
+        kept = hidden[keep_rows] if keep_rows else None
+        return self.model.compute_logits(hidden[sample_rows]), kept
 
 
 def _upload(device: torch.device, *lists: list[int]) -> tuple[torch.Tensor, ...]:
     """Integer lists as int64 tensors on the device: one copy, then views."""
     flat = [x for xs in lists for x in xs]
     return torch.tensor(flat, dtype=torch.long, device=device).split([len(xs) for xs in lists])
-
-
-@dataclass
-class SharedSpan:
-    """Columns start..end of table row `table_row`, shared by the decode rows `rows`."""
-    table_row: int
-    start: int
-    end: int
-    rows: list[int]

@@ -10,39 +10,56 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from tts_engine.config import EngineConfig
 from tts_engine.engine.cache import RadixCache, SlotAllocator
 from tts_engine.engine.sequence import Sequence, Status
+from tts_engine.engine.stats import EngineStats
+
+
+@dataclass
+class Chunk:
+    """Prompt tokens start..end of seq, computed this step, and what that yields (Sequence.outputs_after)."""
+    seq: Sequence
+    start: int
+    end: int
+    samples: bool = field(init=False)      # the sequence samples its next token from the chunk's last row
+    keep: list[int] = field(init=False)    # positions whose hidden states are kept
+
+    def __post_init__(self):
+        self.samples, self.keep = self.seq.outputs_after(self.start, self.end)
 
 
 @dataclass
 class ScheduledBatch:
-    decode: list[Sequence] = field(default_factory=list)       # one new token each
-    prefill: list[tuple[Sequence, int, int]] = field(default_factory=list)   # (seq, start, end) tokens to compute
+    decode: list[Sequence] = field(default_factory=list)       # one new token each; all sample
+    prefill: list[Chunk] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)
 
+    @property
+    def sampling(self) -> list[Sequence]:
+        """The sequences that sample a token after this step, in the order of the logits rows."""
+        return self.decode + [c.seq for c in self.prefill if c.samples]
 
-@dataclass
-class SchedulerStats:
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    computed_prompt_tokens: int = 0
-    recomputed_tokens: int = 0          # tokens computed again after a preemption
-    preemptions: int = 0
+    @property
+    def kept(self) -> list[tuple[Sequence, int]]:
+        """(sequence, position) of every hidden state kept this step, in the order of their rows."""
+        return [(c.seq, p) for c in self.prefill for p in c.keep]
 
 
 class Scheduler:
-    def __init__(self, num_slots: int, max_num_batched_tokens: int, max_num_seqs: int, enable_prefix_caching: bool):
+
+    def __init__(self, config: EngineConfig, num_slots: int):
         self.allocator = SlotAllocator(num_slots)
         self.cache = RadixCache(self.allocator)
-        self.enable_prefix_caching = enable_prefix_caching
-        self.max_num_batched_tokens = max_num_batched_tokens
-        self.max_num_seqs = max_num_seqs
-        self.free_rows = list(range(max_num_seqs - 1, -1, -1))   # rows of the runner's slot table
+        self.enable_prefix_caching = config.enable_prefix_caching
+        self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.max_num_seqs = config.max_num_seqs
+        self.free_rows = list(range(self.max_num_seqs - 1, -1, -1))   # rows of the runner's slot table
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []      # admission order; the newest is preempted first
-        self.stats = SchedulerStats()
+        self.stats = EngineStats()      # the engine's counters; it replaces them on reset
 
     @property
     def kv_tokens_in_use(self) -> int:
@@ -139,9 +156,7 @@ class Scheduler:
         """Match the longest cached prefix and lock it. At least the last token is always computed,
         since its logits are needed to sample the next token."""
         if self.enable_prefix_caching:
-            # Encode-only sequences must compute every position whose hidden state they return.
-            limit = len(seq) - 1 if seq.hidden_positions is None else min(seq.hidden_positions, default=len(seq))
-            slots, node = self.cache.match_prefix(seq.token_ids[:limit])
+            slots, node = self.cache.match_prefix(seq.token_ids[:seq.cache_limit])
         else:
             slots, node = [], self.cache.root
         self.cache.lock(node)
@@ -161,7 +176,11 @@ class Scheduler:
                 return 0
         seq.slots += self.allocator.alloc(end - start)
         seq.num_computed = end
-        if self.enable_prefix_caching and seq.num_tree == start and self.cache.cached_len(seq.token_ids[:end]) == start:
+        if (
+            self.enable_prefix_caching
+            and seq.num_tree == start
+            and self.cache.cached_len(seq.token_ids[:end]) == start
+        ):
             # Publish the chunk now: sequences admitted later in this same step reuse it, since every
             # layer stores all new K/V before any attention reads them.
             _, node = self.cache.insert(seq.token_ids[:end], seq.slots[:end])
@@ -173,7 +192,7 @@ class Scheduler:
             self.stats.recomputed_tokens += n
         else:
             self.stats.computed_prompt_tokens += n
-        batch.prefill.append((seq, start, end))
+        batch.prefill.append(Chunk(seq, start, end))
         scheduled.add(seq.seq_id)
         return n
 

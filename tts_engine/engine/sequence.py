@@ -1,7 +1,10 @@
-"""One generated sample: its tokens, where their K/V live, and how far it has been computed."""
+"""A request and its sequences: each sample's tokens, where their K/V live, how far it has been
+computed, and what a step that computes it yields (a sampled token, kept hidden states, or both)."""
 from __future__ import annotations
 
 import enum
+import random
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,15 +20,17 @@ class Status(enum.Enum):
 
 class Sequence:
     def __init__(self, seq_id: int, request_id: int, index: int, prompt_token_ids: list[int],
-                 params: SamplingParams, seed: int):
+                 params: SamplingParams, seed: int, hidden_positions: list[int] | None = None,
+                 generates: bool = True):
         self.seq_id, self.request_id, self.index = seq_id, request_id, index
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.params = params
         self.status = Status.WAITING
-        # Encode-only sequences (LLM.encode) run prefill, keep the final hidden states at these
-        # positions, and sample nothing.
-        self.hidden_positions: list[int] | None = None
+        # What the sequence is for: generating tokens, and/or keeping the final hidden states of
+        # these prompt positions (LLM.encode; a PRM's step tags). See `outputs_after`.
+        self.generates = generates
+        self.hidden_positions = sorted(set(hidden_positions)) if hidden_positions else None
         self.hidden_states: dict[int, torch.Tensor] = {}
         # KV bookkeeping: slots[i] holds the K/V of token i for i < len(slots). The first
         # num_tree of them belong to the radix tree (locked through `node`); the rest are private.
@@ -37,14 +42,15 @@ class Sequence:
         # num_synced entries already equal slots[:num_synced] (only the rest is written each step).
         self.row: int | None = None
         self.num_synced = 0
-        self.forks: list[Sequence] = []   # siblings (the other samples of the request) waiting on this prefill
+        self.forks: list[Sequence] = []  # siblings (the other samples of the request) waiting on this prefill
         self.admitted = False            # admitted at least once (prompt stats are counted then)
         self.num_preemptions = 0
         self.num_cached_prompt_tokens = 0
-        # Sampling state. A private generator per sample makes its draws independent of the batch.
-        self.generator = torch.Generator().manual_seed(seed)
+        # Sampling state: a private generator per sample makes its draws independent of the batch.
+        self.rng = random.Random(seed)
         self.cumulative_logprob = 0.0
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
+        self.detokenizer = None          # set by the engine when stop strings need the text
         self.text = ""
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
@@ -62,5 +68,34 @@ class Sequence:
 
     @property
     def is_prefilling(self) -> bool:
-        """True until every token but the newest has K/V (the newest is fed in the next step)."""
-        return self.num_computed < len(self.token_ids) - 1
+        """True while prompt work is left: every token but the newest needs K/V first (the newest
+        is fed by a decode step), and kept positions are computed in prefill, never left to decode."""
+        n = len(self.token_ids)
+        if self.num_computed < n - 1:
+            return True
+        last_kept = self.hidden_positions[-1] if self.hidden_positions else -1
+        return self.num_computed < n and (not self.generates or last_kept >= self.num_computed)
+
+    def outputs_after(self, start: int, end: int) -> tuple[bool, list[int]]:
+        """What computing tokens start..end yields: whether the sequence then samples its next
+        token (its whole context is computed and it generates), and which of its kept positions
+        fall in the chunk. The one place that decides; scheduler, runner and engine all ask here."""
+        samples = self.generates and end == len(self.token_ids)
+        keep = [p for p in self.hidden_positions if start <= p < end] if self.hidden_positions else []
+        return samples, keep
+
+    @property
+    def cache_limit(self) -> int:
+        """How many leading tokens may come from the cache: all but the last when the sequence
+        samples (its logits are needed), and none from the first kept position on (it must be computed)."""
+        return min([len(self.token_ids) - self.generates, *(self.hidden_positions or [])])
+
+
+@dataclass
+class Request:
+    """A prompt with its parameters and its n sequences (one per sample)."""
+    request_id: int
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    seqs: list[Sequence] = field(default_factory=list)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from tts_engine.kernels import attention_ref
-from tts_engine.kernels.attention_ref import Spans
+from tts_engine.kernels.spans import Spans
+
 
 @dataclass
 class AttentionMetadata:
@@ -39,14 +40,16 @@ class Attention(torch.nn.Module):
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None):
         super().__init__()
-        self.backend = attention_ref     # attention ops; CausalLM.set_backend swaps them
+        self.backend = attention_ref     # attention ops; Model.set_backend swaps them
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = head_dim ** -0.5
         self.sliding_window = sliding_window
         self.k_cache: torch.Tensor | None = None   # [num_slots, kv_heads, dim], set by the runner
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
@@ -55,14 +58,20 @@ class Attention(torch.nn.Module):
         outs = []
         nd = meta.num_decode
         if nd and meta.cascade_levels:
-            outs.append(ops.cascade_decode_attention(q[:nd], self.k_cache, self.v_cache, meta.slot_table, meta.decode,
-                                                     meta.cascade_levels, self.scale))
+            outs.append(
+                ops.cascade_decode_attention(
+                    q[:nd], self.k_cache, self.v_cache, meta.slot_table, meta.decode, meta.cascade_levels,
+                    self.scale)
+            )
         elif nd:
             outs.append(ops.decode_attention(q[:nd], self.k_cache, self.v_cache, meta.slot_table, meta.decode,
                                              self.scale, self.sliding_window))
         if meta.prefill_max_q_len:
-            outs.append(ops.extend_attention(q[nd:], self.k_cache, self.v_cache, meta.slot_table, meta.prefill_rows,
-                                             meta.prefill_q_start, meta.prefill_q_lens, meta.prefill_kv_lens,
-                                             self.scale, self.sliding_window, meta.prefill_max_q_len))
+            outs.append(
+                ops.extend_attention(
+                    q[nd:], self.k_cache, self.v_cache, meta.slot_table, meta.prefill_rows,
+                    meta.prefill_q_start, meta.prefill_q_lens, meta.prefill_kv_lens, self.scale,
+                    self.sliding_window, meta.prefill_max_q_len)
+            )
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out.reshape(-1, self.num_heads * self.head_dim)

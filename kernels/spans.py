@@ -1,0 +1,23 @@
+"""Attention spans: which stretches of the slot table decode rows attend to. Both backends
+(attention_ref, attention_triton) and the runner speak this type."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Spans:
+    """Stretches of the slot table that decode rows attend to: span j is lens[j] slots of table row
+    table_rows[j] from column starts[j] on (max_len >= every lens[j]). Without group_rows, span b
+    belongs to decode row b. With group_rows ([spans, max rows], padded with -1) it is a cascade
+    level: span j is shared by the rows group_rows[j] and read once for all of them.
+    The runner makes new Spans every step; `cache` holds what a backend derives from them once
+    for all layers (the slots gathered by the torch backend, the Triton tile plan)."""
+    table_rows: torch.Tensor
+    starts: torch.Tensor
+    lens: torch.Tensor
+    max_len: int
+    group_rows: torch.Tensor | None = None
+    cache: dict = field(default_factory=dict)

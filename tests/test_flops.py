@@ -1,0 +1,41 @@
+"""FLOPs accounting: the formulas on a tiny config counted by hand, and the engine's counter adds up
+exactly what it computed (prefill once, decode per token, the head per sampling row)."""
+from __future__ import annotations
+
+from tts_engine import LLM, SamplingParams
+from tts_engine.config import ModelConfig
+from tts_engine.flops import attention_flops, forward_flops, linear_flops_per_token, lm_head_flops
+
+# hidden 4, 2 layers, 2 query heads and 1 KV head of dim 2 (q_size 4, kv_size 2), MLP 6, vocab 10
+TINY = ModelConfig(
+    architecture="LlamaForCausalLM", vocab_size=10, hidden_size=4, intermediate_size=6, num_layers=2,
+    num_heads=2, num_kv_heads=1, head_dim=2, rms_norm_eps=1e-6, max_position_embeddings=64)
+
+
+def test_formulas_by_hand():
+    # per layer and token, multiply-adds: qkv 4 x (4 + 2 + 2) = 32, o 4 x 4 = 16, MLP 3 x 4 x 6 = 72
+    assert linear_flops_per_token(TINY) == 2 * 2 * (32 + 16 + 72) == 480
+    # positions 0, 1, 2 see 1, 2, 3 keys: QK^T and PV are 2 x q_size multiply-adds per key, per layer
+    assert attention_flops(TINY, 0, 3) == 2 * 2 * 2 * 4 * (1 + 2 + 3) == 192
+    assert attention_flops(TINY, 3, 4) == 2 * 2 * 2 * 4 * 4 == 128
+    assert lm_head_flops(TINY, 3) == 2 * 4 * 10 * 3 == 240
+    assert forward_flops(TINY, [(0, 3)], 1) == 3 * 480 + 192 + 80 == 1712
+    assert forward_flops(TINY, [(0, 3), (3, 4)], 2) == 1712 + 480 + 128 + 80
+    windowed = ModelConfig(**{**TINY.__dict__, "sliding_window": 2})
+    assert attention_flops(windowed, 0, 3) == 2 * 2 * 2 * 4 * (1 + 2 + 2) == 160
+
+
+def test_engine_counts_what_it_computes(tiny_llama):
+    llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048)
+    cfg = llm.engine.model_config
+    prompt = {"prompt_token_ids": list(range(10, 20))}
+    llm.generate(prompt, SamplingParams(n=3, temperature=1.0, max_tokens=5, ignore_eos=True, seed=0))
+    # the prompt once with one head row (the three samples fork off it), then each sample feeds
+    # its first 4 tokens back one at a time (its 5th is never fed)
+    expected = forward_flops(cfg, [(0, 10)], 1) + 3 * sum(
+        forward_flops(cfg, [(p, p + 1)], 1) for p in range(10, 14)
+    )
+    assert llm.stats()["flops"] == expected
+    llm.reset_stats()
+    llm.generate(prompt, SamplingParams(temperature=0, max_tokens=1))   # cached but the last prompt token
+    assert llm.stats()["flops"] == forward_flops(cfg, [(9, 10)], 1)

@@ -1,0 +1,292 @@
+"""The engine: one loop that every front door (LLM, PRM) drives.
+
+A step is schedule -> run (the model, then sampling) -> postprocess: siblings fork off a just
+computed prompt, each sampling sequence appends its token and checks its stop conditions, kept
+hidden states are stored, and finished sequences hand their K/V to the cache. The engine also
+builds everything from an EngineConfig (device, dtype, tokenizer, model, KV pool) and keeps the
+counters.
+"""
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Callable
+
+import torch
+
+from tts_engine.config import EngineConfig
+from tts_engine.engine.detokenizer import IncrementalDetokenizer
+from tts_engine.engine.runner import ModelRunner
+from tts_engine.engine.sampler import Sampler
+from tts_engine.engine.scheduler import ScheduledBatch, Scheduler
+from tts_engine.engine.sequence import Request, Sequence
+from tts_engine.engine.stats import EngineStats
+from tts_engine.flops import forward_flops
+from tts_engine.loader import find_checkpoint, gguf_reader
+from tts_engine.models.backend import resolve_backend
+from tts_engine.models.registry import build_model, model_config
+from tts_engine.sampling_params import SamplingParams
+from tts_engine.tokenizer import Tokenizer
+
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+           "float16": torch.float16, "half": torch.float16}
+
+# Default KV budget on the CPU (and the per-step activation headroom kept free on CUDA).
+_CPU_KV_BYTES = 1 << 30
+_CUDA_HEADROOM_BYTES = 2 << 30
+
+
+class Engine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.device = resolve_device(config.device)
+        ckpt = find_checkpoint(config.model)
+        self.model_config = cfg = model_config(ckpt.config, ckpt.generation_config)
+        self.dtype = resolve_dtype(config.dtype, cfg.torch_dtype, self.device)
+        if config.tokenizer is not None:
+            self.tokenizer = Tokenizer.from_dir(config.tokenizer)
+        elif ckpt.gguf_path is not None:
+            self.tokenizer = Tokenizer.from_gguf(gguf_reader(ckpt.gguf_path))
+        else:
+            self.tokenizer = Tokenizer.from_dir(ckpt.folder)
+        self.max_model_len = min(
+            config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
+        )
+        self.eos_token_ids = set(cfg.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_token_ids.add(self.tokenizer.eos_token_id)
+
+        self.model = build_model(cfg, self.dtype, self.device)
+        self.model.load_weights(ckpt.weights())
+        self.model.eval()
+        self.attention_backend = resolve_backend(config.attention_backend, self.device)
+        self.model.set_backend(self.attention_backend)
+
+        self.kv_cache_tokens = config.kv_cache_tokens or self._default_kv_tokens()
+        self.runner = ModelRunner(self.model, config, self.kv_cache_tokens, self.max_model_len)
+        self.scheduler = Scheduler(config, self.kv_cache_tokens)
+        if self.device.type == "cuda" and self.attention_backend == "triton" and not config.enforce_eager:
+            try:
+                self.runner.capture_decode_graphs(min(config.max_num_seqs, 256))
+            except RuntimeError as e:   # a failed or inexact capture only costs speed
+                warnings.warn(f"CUDA graphs disabled, decode runs eagerly: {e}")
+                self.runner.graphs = None
+        self.sampler = Sampler()
+        self._rng = random.Random(config.seed)
+        self._next_request = 0
+        self._next_seq = 0
+        self.reset_stats()
+
+    def _default_kv_tokens(self) -> int:
+        cfg = self.model_config
+        bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * self.dtype.itemsize
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = free - (1 - self.config.gpu_memory_utilization) * total - _CUDA_HEADROOM_BYTES
+        else:
+            budget = _CPU_KV_BYTES
+        tokens = int(budget // bytes_per_token)
+        if tokens < 2:
+            raise ValueError(f"no memory left for the KV cache ({tokens} tokens); "
+                             f"lower the other engines' share or pass kv_cache_tokens")
+        return tokens
+
+    @property
+    def can_generate(self) -> bool:
+        return self.model.head_name == "lm_head"
+
+    # ------------------------------------------------------------ requests
+    def make_request(self, prompt_token_ids: list[int], params: SamplingParams, prompt: str | None = None,
+                     hidden_positions: list[int] | None = None, generates: bool = True) -> Request:
+        """A request and its n sequences, checked against the model and the KV pool; not queued yet
+        (callers check all of theirs before adding any)."""
+        ids = prompt_token_ids
+        if not ids:
+            raise ValueError("prompt is empty (no tokens)")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {vocab})")
+        if generates and len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(ids)} tokens but the model's context is {self.max_model_len} "
+                             f"(no room to generate)")
+        if len(ids) > self.max_model_len:
+            raise ValueError(f"prompt has {len(ids)} tokens but the model's context is {self.max_model_len}")
+        need = min(len(ids) + params.max_tokens, self.max_model_len) if generates else len(ids)
+        if need > self.kv_cache_tokens:
+            raise ValueError(f"a sequence needs up to {need} KV slots (prompt {len(ids)} + max_tokens "
+                             f"{params.max_tokens}) but kv_cache_tokens={self.kv_cache_tokens}")
+        request = Request(self._next_request, prompt, list(ids), params)
+        self._next_request += 1
+        for k in range(params.n):
+            seed = params.seed + k if params.seed is not None else self._rng.getrandbits(63)
+            request.seqs.append(Sequence(self._next_seq, request.request_id, k, ids, params, seed,
+                                         hidden_positions, generates))
+            self._next_seq += 1
+        return request
+
+    def add(self, request: Request) -> None:
+        self.scheduler.add(request.seqs)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def run(self, on_finished: Callable[[int], object] | None = None) -> None:
+        """Step until every queued sequence is done; on_finished(k) after each step that finished k.
+        Any exception (KeyboardInterrupt included) aborts all work and clears the cache, which may
+        list slots whose K/V were never written, so the engine stays usable."""
+        try:
+            while self.scheduler.has_work():
+                done = self.step()
+                if on_finished is not None:
+                    on_finished(done)
+        except BaseException:
+            self.scheduler.abort_all()
+            raise
+
+    # ------------------------------------------------------------ the step
+    def step(self) -> int:
+        """Run one step; return how many sequences finished."""
+        batch = self.scheduler.schedule()
+        self.stats.kv_tokens_peak = max(self.stats.kv_tokens_peak, self.scheduler.kv_tokens_in_use)
+        logits, kept = self.runner.run(batch)
+        sampling = batch.sampling
+        self._count(batch, len(sampling))
+        for (seq, pos), h in zip(batch.kept, kept if kept is not None else ()):
+            seq.hidden_states[pos] = h
+        finished = [c.seq for c in batch.prefill if not c.seq.generates and c.end == len(c.seq)]
+        for seq in finished:
+            seq.finish_reason = "encoded"
+        # Siblings forked off a just-computed prompt sample from the same logits row.
+        rows = list(range(len(sampling)))
+        for i, seq in enumerate(list(sampling)):
+            if seq.forks:
+                forked = self.scheduler.fork(seq)
+                sampling += forked
+                rows += [i] * len(forked)
+        if sampling:
+            if len(rows) > logits.shape[0]:
+                logits = logits[rows]
+            self._sample(logits, sampling)
+            finished += [s for s in sampling if s.finish_reason is not None]
+        for seq in finished:
+            self._finish(seq)
+        return len(finished)
+
+    def _count(self, batch: ScheduledBatch, head_rows: int) -> None:
+        spans = [(s.num_computed - 1, s.num_computed) for s in batch.decode] + [
+            (c.start, c.end) for c in batch.prefill
+        ]
+        # (a caller that applies the head to kept hidden states counts those FLOPs itself)
+        self.stats.flops += forward_flops(self.model_config, spans, head_rows)
+        self.stats.steps += 1
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        """Draw each sequence's next token and append it, with its logprobs."""
+        uniforms = [0.0 if s.params.greedy else s.rng.random() for s in seqs]
+        out = self.sampler(logits, [s.params for s in seqs], uniforms)
+        top_rows = [i for i, s in enumerate(seqs) if s.params.logprobs]
+        parts = [out.tokens.double(), out.logprobs.double()]
+        k = max((seqs[i].params.logprobs for i in top_rows), default=0)
+        if top_rows:
+            values, ids = logits[top_rows].topk(k, dim=-1)
+            parts += [ids.double().flatten(), (values - out.lse[top_rows, None]).double().flatten()]
+        flat = torch.cat(parts).tolist()    # the step's one device-to-host copy
+        n, m = len(seqs), len(top_rows) * k
+        ids, values = flat[2 * n:2 * n + m], flat[2 * n + m:]
+        top = {
+            i: zip(
+                map(int, ids[j * k : j * k + seqs[i].params.logprobs]),
+                values[j * k : j * k + seqs[i].params.logprobs],
+            )
+            for j, i in enumerate(top_rows)
+        }
+        for i, seq in enumerate(seqs):
+            self._append(seq, int(flat[i]), flat[n + i], top.get(i, ()))
+
+    def _append(self, seq: Sequence, token: int, lp: float, top) -> None:
+        p = seq.params
+        seq.token_ids.append(token)
+        self.stats.generated_tokens += 1
+        seq.cumulative_logprob += lp
+        if seq.logprobs is not None:
+            entry = {token: lp}
+            entry.update(top)
+            seq.logprobs.append(entry)
+        if token in p.stop_token_ids:
+            seq.finish_reason, seq.stop_reason = "stop", token
+        elif not p.ignore_eos and token in self.eos_token_ids:
+            seq.finish_reason = "stop"
+        elif p.stop:
+            self._check_stop_strings(seq)
+        if seq.finish_reason is None and (
+            seq.num_output_tokens >= p.max_tokens or len(seq) >= self.max_model_len
+        ):
+            seq.finish_reason = "length"
+
+    def _check_stop_strings(self, seq: Sequence) -> None:
+        """Match stop strings on the text, so a stop made of several tokens (or inside one) is found.
+        The text grows by incremental detokenization; only its new tail can hold a new match."""
+        if seq.detokenizer is None:
+            seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.num_prompt_tokens,
+                                                     seq.params.skip_special_tokens)
+        new = seq.detokenizer.step(seq.token_ids)
+        if not new:
+            return
+        start = len(seq.text)
+        seq.text += new
+        best = None
+        for stop in seq.params.stop:
+            i = seq.text.find(stop, max(0, start - len(stop) + 1))
+            if i >= 0 and (best is None or i < best[0]):
+                best = (i, stop)
+        if best is not None:
+            seq.text = seq.text[:best[0] + len(best[1])]
+            seq.finish_reason, seq.stop_reason = "stop", best[1]
+
+    def _finish(self, seq: Sequence) -> None:
+        if seq.generates and not isinstance(seq.stop_reason, str):
+            seq.text = self.tokenizer.decode(seq.output_token_ids, seq.params.skip_special_tokens)
+        self.scheduler.finish(seq)
+
+    # ------------------------------------------------------------ cache and counters
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (between requests, as vLLM's reset_prefix_cache)."""
+        if self.scheduler.has_work():
+            raise RuntimeError("reset_prefix_cache() while sequences are running")
+        self.scheduler.cache.clear()
+
+    def reset_stats(self) -> None:
+        self.stats = self.scheduler.stats = EngineStats(kv_tokens_peak=self.scheduler.kv_tokens_in_use)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} requested but CUDA is not available (this torch: {torch.__version__})"
+            )
+        # Triton launches and CUDA graphs use the current device: make it ours (cuda:1 etc.).
+        # (set_device needs an index: plain "cuda" means the current device.)
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) are visible"
+            )
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def resolve_dtype(dtype, config_dtype: str | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        # The checkpoint's dtype on GPUs; float32 on the CPU, where half-precision matmuls are slow.
+        if device.type == "cpu" or config_dtype is None:
+            return torch.float32
+        dtype = config_dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return _DTYPES[dtype]
