@@ -139,6 +139,7 @@ __global__ void top_k_top_p_sample_kernel(const float* __restrict__ logits, int6
   if (threadIdx.x == 0) {
     int64_t pick = static_cast<int64_t>(chosen);
     if (chosen == ~0ull) {   // rounding put target past the last kept token: take that token
+      pick = 0;              // (none at all: NaN or infinite logits; the caller takes their argmax)
       for (int64_t i = vocab - 1; i >= 0; --i) if (prob(i) >= t) { pick = i; break; }
     }
     out[row] = pick;

@@ -43,7 +43,7 @@ def _pow2(n: int, lo: int = 16) -> int:
 @triton.jit
 def _store_kv_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, stride_kt, stride_vt, stride_cs,
                      WIDTH: tl.constexpr, BLOCK: tl.constexpr):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < WIDTH
@@ -111,7 +111,11 @@ def _attend_slots(q, kc_ptr, vc_ptr, slots_ptr, start, end, kvh, stride_cs, stri
 # ---------------------------------------------------------------- stage 1: partial attention
 
 
-@triton.jit
+# Integers that change from step to step are not specialized: Triton would compile a variant per
+# value class (== 1, divisible by 16), dozens in a study. (Program ids are int64 before any product
+# with a stride, everywhere: in int32, row x stride overflows at ~2^31 elements.)
+@triton.jit(do_not_specialize=["n_rows", "num_splits", "split_offset", "stride_rg", "stride_pb", "stride_ph",
+                               "stride_lb", "stride_lh"])
 def _partial_kernel(
     q_ptr, kc_ptr, vc_ptr, table_ptr, trow_ptr, tstart_ptr, tlen_ptr, rows_ptr, work_ptr, part_out_ptr,
     part_lse_ptr, scale, window, n_rows, num_splits, split_offset, stride_qb, stride_qh, stride_cs, stride_ch,
@@ -125,9 +129,9 @@ def _partial_kernel(
     # Cascade levels: the work list names (group, first row) per tile; -1 entries pad it to a
     # fixed length so that CUDA graphs can replay it. Group widths, split counts and offsets are
     # runtime ints: as constexprs every new batch shape would compile a new kernel.
-    w = tl.program_id(0)
-    kvh = tl.program_id(1)
-    split = tl.program_id(2)
+    w = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2).to(tl.int64)
     if HAS_WORK:
         grp = tl.load(work_ptr + 2 * w)
         if grp < 0:
@@ -175,14 +179,14 @@ def _partial_kernel(
 
 # ---------------------------------------------------------------- stage 2: LSE reduce
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_pb", "stride_ph", "stride_lb", "stride_lh", "S"])
 def _reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr,
                    stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh, stride_xb,
                    S, D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     # Partials with an LSE of -inf (empty splits, levels a row is not in) are never read: their
     # outputs were not written.
-    b = tl.program_id(0)
-    h = tl.program_id(1)
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     ms = offs_s < S
@@ -257,7 +261,7 @@ def _reduce(part_out, part_lse, q):
     _reduce_kernel[(b, h)](
         part_out, part_lse, out, lse, part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1), lse.stride(0), s, D=d,
-        BLOCK_S=triton.next_power_of_2(s), BLOCK_D=triton.next_power_of_2(d))
+        BLOCK_S=_pow2(s), BLOCK_D=triton.next_power_of_2(d))
     return out, lse
 
 
@@ -331,9 +335,9 @@ def _extend_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, table_ptr, trow_ptr, qstart_p
     # (through the slot table) into the new tokens, causally, in one online softmax.
     # (q_bucket, the longest chunk rounded up to a power of two, only keys the autotuner: a
     # one-token chunk and a 2k-token prompt want different tiles.)
-    b = tl.program_id(0)
-    kvh = tl.program_id(1)
-    mblk = tl.program_id(2)
+    b = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1).to(tl.int64)
+    mblk = tl.program_id(2).to(tl.int64)
     TOK: tl.constexpr = BLOCK_M // G      # tokens per tile
     q_len = tl.load(qlens_ptr + b)
     if mblk * TOK >= q_len:

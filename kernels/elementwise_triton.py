@@ -10,7 +10,7 @@ import triton.language as tl
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr, eps, stride_x, stride_r, stride_o, stride_s,
                      N: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < N
     x = tl.load(x_ptr + row * stride_x + offs, mask=m, other=0.0)
@@ -45,7 +45,7 @@ def rms_norm(x, weight, eps, residual=None):
 def _rope_kernel(
     x_ptr, out_ptr, pos_ptr, cos_ptr, sin_ptr, stride_xt, stride_xh, stride_ot, stride_oh, stride_c,
     H: tl.constexpr, D: tl.constexpr, ROT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
@@ -84,8 +84,8 @@ def apply_rope(x, positions, cos_table, sin_table):
 
 @triton.jit
 def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, N: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row = tl.program_id(0).to(tl.int64)
+    col = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = col < N
     gate = tl.load(x_ptr + row * stride_x + col, mask=m, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + N + col, mask=m, other=0.0)

@@ -16,7 +16,10 @@ class SamplingParams:
     )
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
-    seed: int | None = None           # sample k of a request uses seed + k
+    # Sample k of a request draws its uniforms from a generator seeded with seed + k, whatever else
+    # is batched. On GPUs the logits themselves can differ in the last bits with the batch (GEMM
+    # tiling, split-KV counts, cascade groups), so a draw on a near-tie may differ between batches.
+    seed: int | None = None
     logprobs: int | None = None       # also return this many top logprobs per generated token
     skip_special_tokens: bool = True
 

@@ -3,8 +3,10 @@
 Each tree node holds a run of tokens and the pool slots holding their K/V. Slots in the tree are
 never written again, so sharing needs no copy-on-write: a sequence that extends a cached prefix
 just lists the prefix's slots followed by its own. Running sequences lock the path to their deepest
-node; eviction frees unlocked leaves, least recently used first. `cascade_levels` reads the
-tree to find the context that decoding sequences share.
+node; eviction frees unlocked leaves, least recently used first. The evictable leaves sit in a
+heap kept up to date as the tree changes, so an eviction costs O(log n) per leaf freed, not a
+walk of the whole tree (a 40k-node tree took 85 ms per walk). `cascade_levels` reads the tree to
+find the context that decoding sequences share.
 """
 from __future__ import annotations
 
@@ -53,6 +55,13 @@ class RadixCache:
         self.root.lock_ref = 1          # never evicted
         self._clock = itertools.count(1)
         self.num_cached = 0             # tokens held by the tree
+        self.num_nodes = 0              # nodes besides the root
+        # (last_access, tie, node) of leaves that were evictable when pushed. An entry is stale
+        # once its node is touched again, locked, given a child or evicted: stale entries are
+        # skipped when popped and purged when they outnumber the nodes.
+        self._heap: list[tuple[int, int, Node]] = []
+        self._tie = itertools.count()
+        self.work = 0                   # heap entries examined (tests bound eviction work with it)
 
     # ------------------------------------------------------------ lookup
     def match_prefix(self, tokens: list[int]) -> tuple[list[int], Node]:
@@ -71,6 +80,7 @@ class RadixCache:
             child.last_access = now
             slots += child.slots
             node, i = child, i + n
+        self._offer(node)               # (only the last node of a path can be a leaf)
         return slots, node
 
     def _split(self, node: Node, n: int) -> Node:
@@ -79,6 +89,7 @@ class RadixCache:
         upper.lock_ref, upper.last_access = node.lock_ref, node.last_access
         upper.children = {node.key[n]: node}
         node.parent.children[node.key[0]] = upper
+        self.num_nodes += 1
         node.parent, node.key, node.slots = upper, node.key[n:], node.slots[n:]
         return upper
 
@@ -94,12 +105,15 @@ class RadixCache:
                 leaf.last_access = now
                 node.children[tokens[i]] = leaf
                 self.num_cached += len(leaf.key)
+                self.num_nodes += 1
+                self._offer(leaf)
                 return i, leaf
             n = _common_len(child.key, tokens, i)
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_access = now
             node, i = child, i + n
+        self._offer(node)
         return i, node
 
     def cached_len(self, tokens: list[int]) -> int:
@@ -123,26 +137,47 @@ class RadixCache:
             node = node.parent
 
     def unlock(self, node: Node) -> None:
+        """Drop a lock. A node that becomes evictable counts as used until now."""
+        leaf = node
         while node is not None:
             node.lock_ref -= 1
             node = node.parent
+        if leaf.lock_ref == 0:
+            leaf.last_access = next(self._clock)
+            self._offer(leaf)
 
     # ------------------------------------------------------------ eviction
     def evict(self, num_tokens: int) -> int:
         """Free at least num_tokens slots from unlocked leaves (LRU first) if possible; return how many."""
-        heap = [(n.last_access, id(n), n) for n in self._leaves() if n.lock_ref == 0]
-        heapq.heapify(heap)
         freed = 0
-        while heap and freed < num_tokens:
-            _, _, leaf = heapq.heappop(heap)
+        while freed < num_tokens and self._heap:
+            stamp, _, leaf = heapq.heappop(self._heap)
+            self.work += 1
+            if not self._evictable(leaf, stamp):
+                continue
             self.allocator.free(leaf.slots)
             freed += len(leaf.slots)
             self.num_cached -= len(leaf.key)
+            self.num_nodes -= 1
             parent = leaf.parent
             del parent.children[leaf.key[0]]
-            if parent is not self.root and not parent.children and parent.lock_ref == 0:
-                heapq.heappush(heap, (parent.last_access, id(parent), parent))
+            leaf.parent = None          # marks it gone for its other heap entries
+            self._offer(parent)
         return freed
+
+    def _evictable(self, node: Node, stamp: int) -> bool:
+        return (node.last_access == stamp and node.parent is not None and not node.children
+                and node.lock_ref == 0)
+
+    def _offer(self, node: Node) -> None:
+        """Queue node for eviction if it is an unlocked leaf (a stale entry for it may remain)."""
+        if node is self.root or node.children or node.lock_ref:
+            return
+        heapq.heappush(self._heap, (node.last_access, next(self._tie), node))
+        if len(self._heap) > 2 * self.num_nodes + 64:
+            self.work += len(self._heap)
+            self._heap = [e for e in self._heap if self._evictable(e[2], e[0])]
+            heapq.heapify(self._heap)
 
     @property
     def evictable(self) -> int:
@@ -154,7 +189,8 @@ class RadixCache:
             if n is not self.root:
                 self.allocator.free(n.slots)
         self.root.children.clear()
-        self.num_cached = 0
+        self.num_cached = self.num_nodes = 0
+        self._heap = []
 
     def _nodes(self):
         stack = [self.root]
@@ -162,9 +198,6 @@ class RadixCache:
             n = stack.pop()
             yield n
             stack.extend(n.children.values())
-
-    def _leaves(self):
-        return (n for n in self._nodes() if not n.children and n is not self.root)
 
 
 def _common_len(key: list[int], tokens: list[int], start: int) -> int:

@@ -8,6 +8,7 @@ counters.
 """
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from typing import Callable
@@ -16,11 +17,13 @@ import torch
 
 from tts_engine.config import EngineConfig
 from tts_engine.engine.detokenizer import IncrementalDetokenizer
+from tts_engine.engine.memory import activation_bytes, kv_cache_tokens
 from tts_engine.engine.runner import ModelRunner
 from tts_engine.engine.sampler import Sampler
 from tts_engine.engine.scheduler import ScheduledBatch, Scheduler
 from tts_engine.engine.sequence import Request, Sequence
 from tts_engine.engine.stats import EngineStats
+from tts_engine.engine.upload import upload_one
 from tts_engine.flops import forward_flops
 from tts_engine.loader import find_checkpoint, gguf_reader
 from tts_engine.models.backend import resolve_backend
@@ -31,9 +34,7 @@ from tts_engine.tokenizer import Tokenizer
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
            "float16": torch.float16, "half": torch.float16}
 
-# Default KV budget on the CPU (and the per-step activation headroom kept free on CUDA).
-_CPU_KV_BYTES = 1 << 30
-_CUDA_HEADROOM_BYTES = 2 << 30
+_CPU_KV_BYTES = 1 << 30     # the KV pool on the CPU, unless kv_cache_tokens says otherwise
 
 
 class Engine:
@@ -78,17 +79,25 @@ class Engine:
         self.reset_stats()
 
     def _default_kv_tokens(self) -> int:
-        cfg = self.model_config
-        bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * self.dtype.itemsize
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            budget = free - (1 - self.config.gpu_memory_utilization) * total - _CUDA_HEADROOM_BYTES
-        else:
-            budget = _CPU_KV_BYTES
-        tokens = int(budget // bytes_per_token)
+        cfg, config = self.model_config, self.config
+        itemsize = self.dtype.itemsize
+        bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * itemsize
+        if self.device.type != "cuda":
+            return _CPU_KV_BYTES // bytes_per_token
+        free, total = torch.cuda.mem_get_info(self.device)
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        weights = sum(t.numel() * t.element_size() for t in tensors)
+        activations = activation_bytes(cfg, itemsize, config.max_num_batched_tokens, config.max_num_seqs)
+        share = config.gpu_memory_utilization
+        tokens = kv_cache_tokens(total, free, share, weights, activations, bytes_per_token)
         if tokens < 2:
-            raise ValueError(f"no memory left for the KV cache ({tokens} tokens); "
-                             f"lower the other engines' share or pass kv_cache_tokens")
+            gib = 1 << 30
+            raise ValueError(
+                f"no room for a KV cache: gpu_memory_utilization={share} of {total / gib:.1f} GiB, less "
+                f"{weights / gib:.1f} GiB of weights and {activations / gib:.1f} GiB for activations, with "
+                f"{free / gib:.1f} GiB free now. gpu_memory_utilization is this engine's share of the GPU: "
+                f"two engines on one GPU need shares that sum to at most ~0.9 (say 0.45 each); or pass "
+                f"kv_cache_tokens")
         return tokens
 
     @property
@@ -162,11 +171,12 @@ class Engine:
         for i, seq in enumerate(list(sampling)):
             if seq.forks:
                 forked = self.scheduler.fork(seq)
+                self.runner.copy_rows(seq, forked)
                 sampling += forked
                 rows += [i] * len(forked)
         if sampling:
             if len(rows) > logits.shape[0]:
-                logits = logits[rows]
+                logits = logits.index_select(0, upload_one(logits.device, rows))
             self._sample(logits, sampling)
             finished += [s for s in sampling if s.finish_reason is not None]
         for seq in finished:
@@ -174,35 +184,39 @@ class Engine:
         return len(finished)
 
     def _count(self, batch: ScheduledBatch, head_rows: int) -> None:
-        spans = [(s.num_computed - 1, s.num_computed) for s in batch.decode] + [
-            (c.start, c.end) for c in batch.prefill
-        ]
+        spans = [(s.num_computed - 1, s.num_computed) for s in batch.decode]
+        spans += [(c.start, c.end) for c in batch.prefill]
         # (a caller that applies the head to kept hidden states counts those FLOPs itself)
         self.stats.flops += forward_flops(self.model_config, spans, head_rows)
         self.stats.steps += 1
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        """Draw each sequence's next token and append it, with its logprobs."""
+        """Draw each sequence's next token and append it, with its logprobs. The tokens, their
+        logprobs and the requested top logprobs come back to the host in one copy."""
         uniforms = [0.0 if s.params.greedy else s.rng.random() for s in seqs]
         out = self.sampler(logits, [s.params for s in seqs], uniforms)
         top_rows = [i for i, s in enumerate(seqs) if s.params.logprobs]
-        parts = [out.tokens.double(), out.logprobs.double()]
+        parts = [out.tokens.double(), out.logprobs.double(), out.lse.double()]
         k = max((seqs[i].params.logprobs for i in top_rows), default=0)
         if top_rows:
-            values, ids = logits[top_rows].topk(k, dim=-1)
-            parts += [ids.double().flatten(), (values - out.lse[top_rows, None]).double().flatten()]
+            index = upload_one(logits.device, top_rows)
+            values, ids = logits.index_select(0, index).topk(k, dim=-1)
+            logprobs = values - out.lse.index_select(0, index)[:, None]
+            parts += [ids.double().flatten(), logprobs.double().flatten()]
         flat = torch.cat(parts).tolist()    # the step's one device-to-host copy
         n, m = len(seqs), len(top_rows) * k
-        ids, values = flat[2 * n:2 * n + m], flat[2 * n + m:]
-        top = {
-            i: zip(
-                map(int, ids[j * k : j * k + seqs[i].params.logprobs]),
-                values[j * k : j * k + seqs[i].params.logprobs],
-            )
-            for j, i in enumerate(top_rows)
-        }
+        ids, values = flat[3 * n:3 * n + m], flat[3 * n + m:]
+        top = {}
+        for j, i in enumerate(top_rows):
+            lo, hi = j * k, j * k + seqs[i].params.logprobs
+            top[i] = zip(map(int, ids[lo:hi]), values[lo:hi])
         for i, seq in enumerate(seqs):
-            self._append(seq, int(flat[i]), flat[n + i], top.get(i, ()))
+            token, lp = int(flat[i]), flat[n + i]
+            if not math.isfinite(flat[2 * n + i]):   # NaN or infinite logits: never a wild token id
+                token, lp = self.sampler.fallback(logits[i]), float("nan")
+                warnings.warn(f"non-finite logits for request {seq.request_id} at position {len(seq)}; "
+                              f"took their argmax (token {token})", RuntimeWarning)
+            self._append(seq, token, lp, top.get(i, ()))
 
     def _append(self, seq: Sequence, token: int, lp: float, top) -> None:
         p = seq.params

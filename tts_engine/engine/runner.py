@@ -10,6 +10,7 @@ from tts_engine.engine.cache import cascade_levels
 from tts_engine.engine.cuda_graph import DecodeGraphs
 from tts_engine.engine.scheduler import ScheduledBatch
 from tts_engine.engine.sequence import Sequence
+from tts_engine.engine.upload import upload, upload_one
 from tts_engine.kernels.spans import Spans
 from tts_engine.models.attention import AttentionMetadata
 from tts_engine.models.model import Model
@@ -43,6 +44,7 @@ class ModelRunner:
         self.pad_row = max_num_seqs
         self.slot_table[self.pad_row] = self.scratch_slot
         self.graphs: DecodeGraphs | None = None
+        self.table_entries_written = 0     # slot-table entries uploaded from the host, in all
         layers = model.attention_layers()
         if len(layers) != cfg.num_layers:
             raise RuntimeError(f"{len(layers)} attention modules for {cfg.num_layers} layers")
@@ -52,7 +54,7 @@ class ModelRunner:
     def prepare(self, batch: ScheduledBatch):
         """Pack the batch: (input_ids, positions, metadata, rows to sample, rows to keep), the rows
         in the order of batch.sampling and batch.kept. Every integer the step needs goes to the
-        device in one copy (on CUDA each separate upload would be a synchronous copy of its own)."""
+        device in one non-blocking copy (upload.py)."""
         t_rows, t_cols, t_slots = self._table_updates(batch.decode + [c.seq for c in batch.prefill])
         ids, pos, slot_map, sample_rows, keep_rows = [], [], [], [], []
         for seq in batch.decode:
@@ -81,10 +83,11 @@ class ModelRunner:
                             [g.end - g.start for g in groups],
                             [r for g in groups for r in g.rows + [-1] * (width - len(g.rows))]]
         (t_rows, t_cols, t_slots, ids, pos, slot_map, d_rows, d_starts, d_lens, p_rows, p_start, p_lens, p_kv,
-         *level_tensors) = _upload(self.device, t_rows, t_cols, t_slots, ids, pos, slot_map,
-                                   [s.row for s in batch.decode], starts, lens,
-                                   [c.seq.row for c in batch.prefill], q_start, q_lens, kv_lens_p,
-                                   *level_lists)
+         sample_rows, keep_rows, *level_tensors) = upload(
+            self.device, t_rows, t_cols, t_slots, ids, pos, slot_map, [s.row for s in batch.decode], starts,
+            lens, [c.seq.row for c in batch.prefill], q_start, q_lens, kv_lens_p, sample_rows, keep_rows,
+            *level_lists)
+        self.table_entries_written += t_slots.numel()
         if t_slots.numel():
             self.slot_table[t_rows, t_cols] = t_slots.to(self.slot_table.dtype)
         cascade = []
@@ -98,6 +101,17 @@ class ModelRunner:
             prefill_rows=p_rows, prefill_q_start=p_start, prefill_q_lens=p_lens, prefill_kv_lens=p_kv,
             prefill_max_q_len=max(q_lens, default=0))
         return ids, pos, meta, sample_rows, keep_rows
+
+    def copy_rows(self, src: Sequence, dsts: list[Sequence]) -> None:
+        """Forked siblings start from their parent's slot-table row: the synced part of it is
+        copied on the device (not uploaded again from the host, which for 256 siblings of an 8k
+        prompt would be 2M entries); only what the parent lacks follows in the next step."""
+        n = src.num_synced
+        if n and dsts:
+            rows = upload_one(self.device, [d.row for d in dsts])
+            self.slot_table[rows, :n] = self.slot_table[src.row, :n]
+        for d in dsts:
+            d.num_synced = n
 
     @staticmethod
     def _table_updates(seqs: list[Sequence]) -> tuple[list[int], list[int], list[int]]:
@@ -134,11 +148,5 @@ class ModelRunner:
         if self.graphs is not None and not batch.prefill and self.graphs.can_run(meta):
             return self.graphs.run(input_ids, positions, meta), None
         hidden = self.model(input_ids, positions, meta)
-        kept = hidden[keep_rows] if keep_rows else None
-        return self.model.compute_logits(hidden[sample_rows]), kept
-
-
-def _upload(device: torch.device, *lists: list[int]) -> tuple[torch.Tensor, ...]:
-    """Integer lists as int64 tensors on the device: one copy, then views."""
-    flat = [x for xs in lists for x in xs]
-    return torch.tensor(flat, dtype=torch.long, device=device).split([len(xs) for xs in lists])
+        kept = hidden.index_select(0, keep_rows) if keep_rows.numel() else None
+        return self.model.compute_logits(hidden.index_select(0, sample_rows)), kept

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tts_engine.engine.upload import upload
 from tts_engine.sampling_params import SamplingParams
 
 try:   # optional CUDA kernel (csrc/sampling.cu): top-k / top-p without sorting the vocabulary
@@ -38,7 +39,11 @@ class Sampled:
 
 class Sampler:
     """Samples a batch of rows. Keeps one float32 workspace of the largest batch seen: on the CPU a
-    fresh vocabulary-sized tensor per step costs more in page faults than the arithmetic on it."""
+    fresh vocabulary-sized tensor per step costs more in page faults than the arithmetic on it.
+    Nothing here waits for the device: per-row parameters and row indices go up in non-blocking
+    copies (upload.py), and the caller fetches tokens and logprobs in its one copy back. (The
+    top-k / top-p torch path checks on the host whether a nucleus outgrows its candidates; on
+    CUDA the compiled kernel, csrc/sampling.cu, handles those rows instead.)"""
 
     def __init__(self):
         self._work: torch.Tensor | None = None
@@ -51,60 +56,69 @@ class Sampler:
         return w[:rows]
 
     def __call__(self, logits: torch.Tensor, params: list[SamplingParams], uniforms: list[float]) -> Sampled:
-        """logits: [rows, vocab] float32; uniforms: one in [0, 1) per row (greedy rows ignore theirs)."""
+        """logits: [rows, vocab] float32; uniforms: one in [0, 1) per row (greedy rows ignore theirs).
+        A row whose logits hold NaN or infinities has a non-finite `lse`; its token is some valid id,
+        and the caller replaces it (`fallback`)."""
+        dev, n = logits.device, len(params)
         greedy = [i for i, p in enumerate(params) if p.greedy]
         rows = [i for i, p in enumerate(params) if not p.greedy]
         peak = logits.amax(dim=-1)
+        w = self._workspace(logits)
+        lse = peak + torch.sub(logits, peak[:, None], out=w).exp_().sum(-1).log()   # raw log-sum-exp
         if not rows:
             tokens = logits.argmax(dim=-1)
         else:
-            tokens = torch.empty(len(params), dtype=torch.long, device=logits.device)
+            sub = [params[i] for i in rows]
+            cut = [j for j, p in enumerate(sub) if p.top_k > 0 or p.top_p < 1]
+            whole = [j for j, p in enumerate(sub) if not (p.top_k > 0 or p.top_p < 1)]
+            greedy_i, rows_i, cut_i, whole_i, top_k = upload(dev, greedy, rows, cut, whole,
+                                                             [p.top_k for p in sub])
+            inv_t, u, top_p, temps = upload(
+                dev, [1.0 if p.greedy else 1 / p.temperature for p in params], [uniforms[i] for i in rows],
+                [p.top_p for p in sub], [p.temperature for p in sub], dtype=torch.float64)
+            tokens = torch.empty(n, dtype=torch.long, device=dev)
             if greedy:
-                tokens[greedy] = _rows(logits, greedy).argmax(dim=-1)
-        w = self._workspace(logits)
-        lse = peak + torch.sub(logits, peak[:, None], out=w).exp_().sum(-1).log()   # raw log-sum-exp
-        if rows:
-            if any(params[i].temperature != 1 for i in rows):   # w = exp((logits - peak) / T) instead
-                inv_t = torch.tensor([1 / p.temperature if not p.greedy else 1.0 for p in params],
-                                     dtype=torch.float32, device=logits.device)
-                torch.sub(logits, peak[:, None], out=w).mul_(inv_t[:, None]).exp_()
-            tokens[rows] = _draw(logits, w, rows, params, uniforms)
+                tokens.index_copy_(0, greedy_i, _take(logits, greedy_i).argmax(dim=-1))
+            if _C is not None and logits.is_cuda:
+                # Same distribution, on the GPU without a sort; like the blocked draw below it walks
+                # the kept tokens in index order.
+                drawn = _C.top_k_top_p_sample(_take(logits, rows_i).float(), temps.float(),
+                                              top_k.to(torch.int32), top_p.float(), u.float())
+            else:
+                if any(p.temperature != 1 for p in sub):   # w = exp((logits - peak) / T) instead
+                    torch.sub(logits, peak[:, None], out=w).mul_(inv_t.float()[:, None]).exp_()
+                drawn = _draw(_take(w, rows_i), u, top_k, top_p.float(), cut_i, whole_i,
+                              max([sub[j].top_k for j in cut], default=0))
+            tokens.index_copy_(0, rows_i, drawn)
+        tokens.clamp_(0, logits.shape[1] - 1)    # (a NaN row can draw anything)
         logprobs = logits.gather(1, tokens[:, None])[:, 0] - lse
         return Sampled(tokens, logprobs, lse)
 
+    @staticmethod
+    def fallback(logits: torch.Tensor) -> int:
+        """The token for a row of logits with NaN or infinities: the argmax with NaN as -inf (the
+        first +inf, if any; token 0 for a row of NaN). Costs a sync; only broken rows come here."""
+        return int(logits.nan_to_num(nan=float("-inf")).argmax())
 
-def _draw(logits: torch.Tensor, weights: torch.Tensor, rows: list[int], params: list[SamplingParams],
-          uniforms: list[float]) -> torch.Tensor:
-    """Token ids for the sampling rows, from their tempered weights."""
-    sub = [params[i] for i in rows]
-    dev = logits.device
-    top_k = torch.tensor([p.top_k for p in sub], device=dev)
-    top_p = torch.tensor([p.top_p for p in sub], dtype=torch.float32, device=dev)
-    u = torch.tensor([uniforms[i] for i in rows], dtype=torch.float64, device=dev)
-    if _C is not None and logits.is_cuda:
-        # Same distribution, on the GPU without a sort; like the blocked draw below it walks the
-        # kept tokens in index order.
-        temps = torch.tensor([p.temperature for p in sub], dtype=torch.float32, device=dev)
-        return _C.top_k_top_p_sample(
-            _rows(logits, rows).float(), temps, top_k.to(torch.int32), top_p, u.float()
-        )
-    w = _rows(weights, rows)
-    out = torch.empty(len(rows), dtype=torch.long, device=dev)
-    cut = [j for j, p in enumerate(sub) if p.top_k > 0 or p.top_p < 1]
-    whole = [j for j, p in enumerate(sub) if not (p.top_k > 0 or p.top_p < 1)]
-    if whole:
-        out[whole] = _draw_blocked(_rows(w, whole), u[whole])
-    if cut:
-        k = max(CANDIDATES, max(sub[j].top_k for j in cut))
-        cand_w, cand_ids = truncated_candidates(_rows(w, cut), top_k[cut], top_p[cut], k)
-        picks = _search(cand_w, u[cut] * cand_w.double().sum(-1))
-        out[cut] = cand_ids.gather(1, picks[:, None])[:, 0]
+
+def _draw(w: torch.Tensor, u: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, cut: torch.Tensor,
+          whole: torch.Tensor, max_top_k: int) -> torch.Tensor:
+    """A token per row of tempered weights w; `cut` rows are truncated by top-k / top-p, `whole` rows
+    are not."""
+    out = torch.empty(w.shape[0], dtype=torch.long, device=w.device)
+    if whole.numel():
+        out.index_copy_(0, whole, _draw_blocked(_take(w, whole), _take(u, whole)))
+    if cut.numel():
+        cand_w, cand_ids = truncated_candidates(_take(w, cut), _take(top_k, cut), _take(top_p, cut),
+                                                max(CANDIDATES, max_top_k))
+        picks = _search(cand_w, _take(u, cut) * cand_w.double().sum(-1))
+        out.index_copy_(0, cut, cand_ids.gather(1, picks[:, None])[:, 0])
     return out
 
 
-def _rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
-    # a subset of rows is a copy; all of them is the tensor itself
-    return t if len(rows) == t.shape[0] else t[rows]
+def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    # all rows: the tensor itself; a subset: a copy (an index is a device tensor: no host sync)
+    return t if index.numel() == t.shape[0] else t.index_select(0, index)
 
 
 def _search(weights: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

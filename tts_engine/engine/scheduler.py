@@ -57,6 +57,7 @@ class Scheduler:
         self.max_num_batched_tokens = config.max_num_batched_tokens
         self.max_num_seqs = config.max_num_seqs
         self.free_rows = list(range(self.max_num_seqs - 1, -1, -1))   # rows of the runner's slot table
+        self.evict_batch = max(1, min(256, num_slots // 64))
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []      # admission order; the newest is preempted first
         self.stats = EngineStats()      # the engine's counters; it replaces them on reset
@@ -84,7 +85,7 @@ class Scheduler:
         self.waiting.extendleft(reversed(later))
         self.publish(seq)
         for sib in siblings:
-            sib.row, sib.num_synced = self.free_rows.pop(), 0
+            sib.row, sib.num_synced = self.free_rows.pop(), 0   # the runner copies the parent's row
             sib.slots, sib.node = list(seq.slots), seq.node
             sib.num_computed = sib.num_tree = seq.num_computed
             sib.admitted, sib.num_cached_prompt_tokens = True, sib.num_prompt_tokens
@@ -199,9 +200,10 @@ class Scheduler:
     def _reserve(self, n: int, keep: Sequence, scheduled: set[int], preempt: bool = True) -> bool:
         """Make n slots free: evict unused cache entries, then (if allowed) preempt running
         sequences, newest first, but none already in this step's batch. False if room can't be
-        made or `keep` itself had to be preempted."""
+        made or `keep` itself had to be preempted. Evictions free a batch of slots at a time, so a
+        full pool does not evict once per decode token."""
         if self.allocator.num_free < n:
-            self.cache.evict(n - self.allocator.num_free)
+            self.cache.evict(max(n - self.allocator.num_free, self.evict_batch))
         while preempt and self.allocator.num_free < n and self.running:
             victim = self.running[-1]
             if victim.seq_id in scheduled:
