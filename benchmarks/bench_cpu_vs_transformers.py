@@ -53,7 +53,8 @@ def build_prompt(tok, question: str, target_tokens: int) -> list[int]:
     for q, a in FEW_SHOT * 4:
         msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         ids = tok.encode(tok.apply_chat_template(msgs + [{"role": "user", "content": question}],
-                                                 add_generation_prompt=True), add_special_tokens=False)
+                                                 add_generation_prompt=True, tokenize=False),
+                         add_special_tokens=False)
         if len(ids) >= target_tokens:
             break
     return ids
@@ -61,11 +62,11 @@ def build_prompt(tok, question: str, target_tokens: int) -> list[int]:
 
 def bench_engine_best_of_n(llm, prompt, n, max_tokens):
     sp = SamplingParams(n=n, temperature=0.8, top_p=0.95, max_tokens=max_tokens, ignore_eos=True, seed=0)
-    llm.generate({"prompt_token_ids": prompt[:20]}, SamplingParams(max_tokens=4))  # warm-up
+    llm.generate({"prompt_token_ids": prompt[:20]}, SamplingParams(max_tokens=4), use_tqdm=False)  # warm-up
     llm.reset_prefix_cache()
     llm.reset_stats()
     t = time.perf_counter()
-    out = llm.generate({"prompt_token_ids": prompt}, sp)
+    out = llm.generate({"prompt_token_ids": prompt}, sp, use_tqdm=False)
     dt = time.perf_counter() - t
     return sum(len(o.token_ids) for o in out[0].outputs), dt
 

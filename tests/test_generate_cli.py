@@ -30,7 +30,7 @@ def test_bad_input_exits_2_with_a_message(tiny_llama, tmp_path, capsys):
     assert main(["--model", str(tmp_path / "nope"), "--prompt", "x", *BASE]) == 2
     assert "error: model path" in capsys.readouterr().err
     assert main(["--model", tiny_llama, "--prompt", "x", "--temperature", "-1", *BASE]) == 2
-    assert "error: temperature must be >= 0" in capsys.readouterr().err
+    assert "error: temperature must be a finite number >= 0" in capsys.readouterr().err
 
 
 def test_runs_as_a_module(tiny_llama):

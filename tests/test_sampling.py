@@ -110,20 +110,65 @@ def test_seed_reproducible_regardless_of_batch(tiny_llama):
     assert len({tuple(t) for t in alone}) == 3     # the n samples differ from each other
 
 
-def test_logprobs(tiny_llama):
+def test_logprobs_as_vllm_gives_them(tiny_llama):
+    """Per generated token {token_id: Logprob(logprob, rank, decoded_token)}: the chosen token and
+    the top 3, raw log-softmax values, ranks counted from 1; prompt_logprobs likewise per prompt token
+    (None for the first), all equal to what the model computes on the same text."""
     llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=4096)
     ids = [5, 17, 99, 200, 31]
-    out = llm.generate(
-        {"prompt_token_ids": ids},
-        SamplingParams(temperature=0.9, max_tokens=6, logprobs=3, seed=0, ignore_eos=True),
-    )[0].outputs[0]
+    params = SamplingParams(temperature=0.9, max_tokens=6, logprobs=3, seed=0, ignore_eos=True,
+                            prompt_logprobs=2)
+    res = llm.generate({"prompt_token_ids": ids}, params)[0]
+    out = res.outputs[0]
     assert len(out.logprobs) == 6
     chosen = [lp[t] for lp, t in zip(out.logprobs, out.token_ids)]
-    assert out.cumulative_logprob == pytest.approx(sum(chosen), abs=1e-5)
+    assert out.cumulative_logprob == pytest.approx(sum(c.logprob for c in chosen), abs=1e-5)
     assert all(3 <= len(lp) <= 4 for lp in out.logprobs)
-    # The first token's logprob is the model's raw log-softmax at the end of the prompt.
-    logits = llm.engine.model.compute_logits(llm.encode([ids], positions=[[len(ids) - 1]])[0])[0]
-    assert chosen[0] == pytest.approx(torch.log_softmax(logits, -1)[out.token_ids[0]].item(), abs=1e-4)
+    every = ids + out.token_ids
+    hidden = llm.encode([every], positions=[list(range(len(every) - 1))])[0]
+    raw = torch.log_softmax(llm.engine.model.compute_logits(hidden), -1)
+    tok = llm.get_tokenizer()
+    for pos, entry in enumerate(out.logprobs, start=len(ids) - 1):
+        top = raw[pos].topk(3)
+        for t, lp in entry.items():
+            assert lp.logprob == pytest.approx(raw[pos, t].item(), abs=1e-4)
+            assert lp.rank == int((raw[pos] > raw[pos, t]).sum()) + 1
+            assert lp.decoded_token == tok.decode([t])
+        assert set(top.indices.tolist()) <= set(entry)
+    assert res.prompt_logprobs[0] is None and len(res.prompt_logprobs) == len(ids)
+    for pos, entry in enumerate(res.prompt_logprobs[1:]):
+        assert ids[pos + 1] in entry and 1 <= len(entry) <= 3
+        for t, lp in entry.items():
+            assert lp.logprob == pytest.approx(raw[pos, t].item(), abs=1e-4)
+            assert lp.rank == int((raw[pos] > raw[pos, t]).sum()) + 1
+
+
+def test_penalties_and_min_p_change_the_distribution_as_vllm_defines_them(tiny_llama):
+    """Checked on the logits the sampler sees: the engine's processing of a row against a hand
+    computation of vLLM's formulas."""
+    from tts_engine.engine.logits_process import process
+    from tts_engine.engine.sequence import Sequence
+    params = SamplingParams(repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.25,
+                            min_tokens=5, stop_token_ids=[9])
+    seq = Sequence(0, 0, 0, [4, 5, 6], params, 0, max_tokens=16)
+    for t in (7, 7, 5):
+        seq.token_ids.append(t)
+        seq.output_counts[t] = seq.output_counts.get(t, 0) + 1
+    logits = torch.randn(1, 20)
+    logits[0, 5], logits[0, 6] = 2.0, -1.0
+    out = process(logits, [seq], eos_token_ids={1})[0]
+    expected = logits[0].clone()
+    for t in {4, 5, 6, 7}:                                 # prompt and output tokens
+        expected[t] = expected[t] / 1.3 if expected[t] > 0 else expected[t] * 1.3
+    expected[7] -= 0.5 + 0.25 * 2                          # generated twice
+    expected[5] -= 0.5 + 0.25 * 1
+    expected[1] = expected[9] = float("-inf")              # EOS and the stop token, before min_tokens
+    assert torch.allclose(out, expected)
+    # min_p: with min_p = 0.5 only tokens with at least half the top probability can be drawn
+    logits = torch.tensor([[3.0, 2.9, 2.0, 1.0] + [0.0] * 60])
+    draws = Sampler()(logits.expand(500, 64).clone(), [SamplingParams(min_p=0.5)] * 500,
+                      [random.random() for _ in range(500)])
+    assert set(draws.tokens.tolist()) == {0, 1}
 
 
 @pytest.mark.parametrize("flat", [False, True])

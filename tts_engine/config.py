@@ -38,6 +38,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"        # "auto", "torch" or "triton"
     enforce_eager: bool = False            # no CUDA graphs
+    check_weights: bool = True             # refuse weights with NaN or infinite values (one pass)
     # A span shared by several decoding sequences is read once for all of them (cascade) when
     # sharers x span tokens reaches this (None: never); see ModelRunner.
     cascade_min_work: int | None = 2048
@@ -51,6 +52,9 @@ class EngineConfig:
             not isinstance(self.kv_cache_tokens, int) or self.kv_cache_tokens < 2
         ):
             raise ValueError(f"kv_cache_tokens must be an integer >= 2, got {self.kv_cache_tokens!r}")
+        length = self.max_model_len
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+            raise ValueError(f"max_model_len must be an integer >= 1, got {self.max_model_len!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
 

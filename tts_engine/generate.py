@@ -38,11 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         llm = LLM(args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
                   attention_backend=args.attention_backend)
         t1 = time.perf_counter()
-        prompt = args.prompt
         if args.chat is not None:
-            prompt = llm.get_tokenizer().apply_chat_template([{"role": "user", "content": args.chat}],
-                                                             add_generation_prompt=True)
-        out = llm.generate(prompt, params)[0]
+            out = llm.chat([{"role": "user", "content": args.chat}], params, use_tqdm=False)[0]
+        else:
+            out = llm.generate(args.prompt, params, use_tqdm=False)[0]
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

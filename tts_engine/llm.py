@@ -1,10 +1,12 @@
-"""LLM: the public offline API, a subset of vLLM's (`LLM(...).generate(prompts, SamplingParams)`).
+"""LLM: vLLM's offline API (`LLM(model).generate(prompts, SamplingParams)`, `chat`, `get_tokenizer`),
+so a client written for vLLM runs with `from tts_engine import LLM, SamplingParams`.
 
-A front door only: it checks arguments, turns prompts into requests, lets the engine run them
-and shapes the results as vLLM's RequestOutput. The step loop lives in engine/engine.py.
+A front door only: it checks arguments, turns prompts into requests, lets the engine run them and
+shapes the results as vLLM's RequestOutput. The step loop lives in engine/engine.py.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import asdict
 from typing import Any
 
@@ -14,38 +16,62 @@ from tqdm import tqdm
 from tts_engine.config import EngineConfig
 from tts_engine.engine.engine import Engine
 from tts_engine.engine.sequence import Request
-from tts_engine.outputs import CompletionOutput, RequestOutput
-from tts_engine.sampling_params import SamplingParams
+from tts_engine.outputs import CompletionOutput, Logprob, RequestOutput
+from tts_engine.sampling_params import SamplingParams, check_unicode
 from tts_engine.tokenizer import Tokenizer
+
+# vLLM constructor arguments accepted only at the value that means "nothing to do" here
+_AT_DEFAULT = {"tokenizer_mode": "auto", "skip_tokenizer_init": False, "revision": None,
+               "tokenizer_revision": None, "quantization": None, "cpu_offload_gb": 0, "download_dir": None,
+               "load_format": "auto", "pipeline_parallel_size": 1, "hf_overrides": None,
+               "compilation_config": None, "kv_cache_dtype": "auto"}
+# vLLM constructor arguments that change nothing in a single-process engine without swapping or logs
+_NO_EFFECT = {"swap_space", "disable_log_stats", "disable_custom_all_reduce", "disable_async_output_proc",
+              "max_seq_len_to_capture", "hf_token", "enable_chunked_prefill"}
 
 
 class LLM:
-    def __init__(self, model: str, tokenizer: str | None = None, dtype: str | torch.dtype = "auto",
-                 device: str | None = None, kv_cache_tokens: int | None = None, seed: int = 0,
-                 enable_prefix_caching: bool = True, max_num_batched_tokens: int = 2048,
-                 max_num_seqs: int = 256, max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.9, attention_backend: str = "auto",
-                 enforce_eager: bool = False):
+    def __init__(self, model: str, tokenizer: str | None = None, *, dtype: str | torch.dtype = "auto",
+                 seed: int = 0, gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                 enable_prefix_caching: bool = True, enforce_eager: bool = False,
+                 tensor_parallel_size: int = 1, trust_remote_code: bool = False, device: str | None = None,
+                 kv_cache_tokens: int | None = None,
+                 max_num_batched_tokens: int = 2048, max_num_seqs: int = 256, attention_backend: str = "auto",
+                 check_weights: bool = True, **vllm_kwargs):
+        """vLLM's common arguments with vLLM's defaults, and this engine's own (device, kv_cache_tokens,
+        attention_backend, check_weights). trust_remote_code is accepted and changes nothing: no code
+        from a checkpoint ever runs. Other vLLM arguments are refused by name unless they change
+        nothing here."""
+        for name, value in vllm_kwargs.items():
+            if name in _AT_DEFAULT and value != _AT_DEFAULT[name]:
+                raise ValueError(f"LLM({name}={value!r}) is not supported by tts-engine "
+                                 f"(leave it at {_AT_DEFAULT[name]!r})")
+            if name not in _AT_DEFAULT and name not in _NO_EFFECT:
+                raise ValueError(f"LLM() got an unknown argument {name!r}")
+        if tensor_parallel_size != 1:
+            raise ValueError(f"tensor_parallel_size={tensor_parallel_size}: tts-engine runs a model on one "
+                             f"device (tensor parallelism is not implemented); use tensor_parallel_size=1")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
         self.engine = Engine(EngineConfig(
             model=model, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed,
             kv_cache_tokens=kv_cache_tokens, gpu_memory_utilization=gpu_memory_utilization,
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-            max_model_len=max_model_len,
-            enable_prefix_caching=enable_prefix_caching, attention_backend=attention_backend,
-            enforce_eager=enforce_eager))
+            max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
+            attention_backend=attention_backend, enforce_eager=enforce_eager, check_weights=check_weights))
         if not self.engine.can_generate:
-            raise ValueError(
-                f"{model!r} is a {self.engine.model_config.architecture} with a "
-                f"'{self.engine.model.head_name}' head, not a language model head: it cannot generate"
-            )
+            raise ValueError(f"{model!r} is a {self.engine.model_config.architecture} with a "
+                             f"'{self.engine.model.head_name}' head, not a language model head: "
+                             f"it cannot generate")
 
     # ------------------------------------------------------------ public API
     def get_tokenizer(self) -> Tokenizer:
         return self.engine.tokenizer
 
-    def reset_prefix_cache(self) -> None:
-        """Forget every cached prefix (between generate calls; as vLLM's reset_prefix_cache)."""
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix (between generate calls). True when done, as in vLLM."""
         self.engine.reset_prefix_cache()
+        return True
 
     def reset_stats(self) -> None:
         self.engine.reset_stats()
@@ -58,26 +84,49 @@ class LLM:
                 "kv_tokens_cached": e.scheduler.cache.num_cached, "kv_cache_tokens": e.kv_cache_tokens}
 
     def generate(self, prompts: Any, sampling_params: SamplingParams | list[SamplingParams] | None = None,
-                 use_tqdm: bool = False) -> list[RequestOutput]:
-        """Generate for one prompt or a list of prompts: strings or {"prompt_token_ids": [...]} /
-        {"prompt": "..."} dicts. Returns one RequestOutput per prompt, in order."""
+                 use_tqdm: bool = True, lora_request: None = None) -> list[RequestOutput]:
+        """Generate for one prompt or a list: strings, {"prompt": text} or {"prompt_token_ids": ids}
+        (vLLM's TextPrompt / TokensPrompt). One SamplingParams for all, or a list with one per
+        prompt. Returns one RequestOutput per prompt, in order."""
+        if lora_request is not None:
+            raise ValueError("lora_request is not supported by tts-engine")
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
-        prompts = list(prompts)
+        if not isinstance(prompts, (list, tuple)):
+            raise ValueError(f"prompts must be a string, a prompt dict or a list of them, got "
+                             f"{type(prompts).__name__}")
         if sampling_params is None:
             sampling_params = SamplingParams()
-        params_list = (
-            sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
-        )
+        params_list = list(sampling_params) if isinstance(sampling_params, (list, tuple)) else \
+            [sampling_params] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts")
         requests = [self._request(p, sp) for p, sp in zip(prompts, params_list)]
         self._run(requests, use_tqdm)
         return [self._output(r) for r in requests]
 
-    def encode(
-        self, prompts: list[list[int]], positions: list[list[int]] | None = None
-    ) -> list[torch.Tensor]:
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | list | None = None,
+             use_tqdm: bool = True, lora_request: None = None, chat_template: str | None = None,
+             add_generation_prompt: bool = True, continue_final_message: bool = False,
+             chat_template_kwargs: dict | None = None, **kwargs) -> list[RequestOutput]:
+        """Generate replies to one conversation (a list of {"role", "content"} messages) or a list of
+        them, rendered with the model's chat template (or chat_template)."""
+        unsupported = sorted(k for k, v in kwargs.items() if v not in (None, "auto"))
+        if unsupported:
+            raise ValueError(f"LLM.chat() does not support {', '.join(unsupported)}")
+        batched = bool(messages) and isinstance(messages[0], (list, tuple))
+        texts = self.engine.tokenizer.apply_chat_template(
+            messages if batched else [messages], chat_template=chat_template, tokenize=False,
+            add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
+            **(chat_template_kwargs or {}))
+        # the template writes its own special tokens (BOS among them): none are added again
+        tok = self.engine.tokenizer
+        prompts = [{"prompt_token_ids": tok.encode(t, add_special_tokens=False), "prompt": t} for t in texts]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
+
+    def encode(self, prompts: list[list[int]],
+               positions: list[list[int]] | None = None) -> list[torch.Tensor]:
         """Final hidden states ([len(positions), hidden], after the last norm) of token-id prompts at
         the given positions (default: all). The longest cached prefix before the first requested
         position is reused and the prompt stays cached, so scoring a prefix plus a new step
@@ -89,14 +138,10 @@ class LLM:
         requests = []
         for ids, pos in zip(prompts, positions):   # validate everything before queueing anything
             if not pos or any(not isinstance(p, int) or not 0 <= p < len(ids) for p in pos):
-                raise ValueError(
-                    f"positions must be a non-empty list within [0, {len(ids)}), got {pos!r:.80}"
-                )
-            requests.append(
-                self.engine.make_request(
-                    list(ids), SamplingParams(max_tokens=1), hidden_positions=pos, generates=False
-                )
-            )
+                raise ValueError(f"positions must be a non-empty list within [0, {len(ids)}), "
+                                 f"got {pos!r:.80}")
+            requests.append(self.engine.make_request(_token_ids(ids), SamplingParams(max_tokens=1),
+                                                     hidden_positions=pos, generates=False))
         self._run(requests, use_tqdm=False)
         return [torch.stack([r.seqs[0].hidden_states[p] for p in pos]) for r, pos in zip(requests, positions)]
 
@@ -105,26 +150,62 @@ class LLM:
         if not isinstance(params, SamplingParams):
             raise ValueError(f"expected SamplingParams, got {type(params).__name__}")
         text = None
-        if isinstance(prompt, str):
-            text, ids = prompt, self.engine.tokenizer.encode(prompt)
-        elif isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-            ids = list(prompt["prompt_token_ids"])
+        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            ids = _token_ids(prompt["prompt_token_ids"])
+            text = prompt.get("prompt")
         elif isinstance(prompt, dict) and "prompt" in prompt:
-            text, ids = prompt["prompt"], self.engine.tokenizer.encode(prompt["prompt"])
+            text = prompt["prompt"]
+        elif isinstance(prompt, str):
+            text = prompt
         else:
-            raise ValueError(f"a prompt must be a string or a dict with 'prompt' or 'prompt_token_ids', "
-                             f"got {prompt!r:.80}")
+            raise ValueError(f"a prompt must be a string or a dict with 'prompt' or 'prompt_token_ids', got "
+                             f"{type(prompt).__name__} {prompt!r:.60}")
+        if isinstance(prompt, dict):
+            extra = sorted(set(prompt) - {"prompt", "prompt_token_ids"})
+            if extra:
+                raise ValueError(f"prompt fields {', '.join(extra)} are not supported (text-only models)")
+        if not isinstance(text, (str, type(None))):
+            raise ValueError(f"a prompt's text must be a string, got {type(text).__name__}")
+        if text is not None:
+            check_unicode("prompt", text)
+        if not (isinstance(prompt, dict) and "prompt_token_ids" in prompt):
+            ids = self.engine.tokenizer.encode(text)
         return self.engine.make_request(ids, params, text)
 
     def _run(self, requests: list[Request], use_tqdm: bool) -> None:
         for r in requests:
             self.engine.add(r)
-        with tqdm(total=sum(len(r.seqs) for r in requests), desc="generate", disable=not use_tqdm) as bar:
+        total = sum(len(r.seqs) for r in requests)
+        with tqdm(total=total, desc="Processed prompts", disable=not use_tqdm) as bar:
             self.engine.run(bar.update)
 
-    @staticmethod
-    def _output(r: Request) -> RequestOutput:
-        outs = [CompletionOutput(s.index, s.text, s.output_token_ids, s.cumulative_logprob, s.finish_reason,
-                                 s.stop_reason, s.logprobs) for s in r.seqs]
-        return RequestOutput(r.request_id, r.prompt, r.prompt_token_ids, outs,
-                             sum(s.num_cached_prompt_tokens for s in r.seqs))
+    def _output(self, r: Request) -> RequestOutput:
+        outs = [CompletionOutput(s.index, s.text, s.output_token_ids, s.cumulative_logprob,
+                                 self._logprobs(s.logprobs, r.params), s.finish_reason, s.stop_reason)
+                for s in r.seqs]
+        prompt_logprobs = None
+        if r.params.prompt_logprobs is not None:
+            prompt_logprobs = [None] + self._logprobs(self.engine.prompt_logprobs(r)[1:], r.params)
+        return RequestOutput(str(r.request_id), r.prompt, r.prompt_token_ids, prompt_logprobs, outs,
+                             num_cached_tokens=sum(s.num_cached_prompt_tokens for s in r.seqs))
+
+    def _logprobs(self, entries: list[dict[int, tuple[float, int]]] | None, params: SamplingParams):
+        if entries is None:
+            return None
+        tok = self.engine.tokenizer
+        decoded = (lambda t: tok.decode([t])) if params.detokenize else (lambda t: None)   # noqa: E731
+        return [{t: Logprob(lp, rank, decoded(t)) for t, (lp, rank) in e.items()} for e in entries]
+
+
+def _token_ids(ids) -> list[int]:
+    """Token ids as Python ints; numpy and torch integers are accepted too."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise ValueError(f"prompt_token_ids must be a list of integers, got {type(ids).__name__}")
+    ids = list(ids)
+    bad = [t for t in ids if isinstance(t, bool) or not hasattr(t, "__index__")]
+    if bad:
+        raise ValueError(f"prompt_token_ids must be integers, got {bad[0]!r}")
+    return [operator.index(t) for t in ids]
+

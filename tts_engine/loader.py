@@ -62,6 +62,9 @@ def find_checkpoint(path: str) -> Checkpoint:
             )
         raise FileNotFoundError(f"no config.json (nor a .gguf file) in model folder {path!r}")
     config = read_json(os.path.join(path, "config.json"))
+    if not isinstance(config.get("architectures"), list) or not config["architectures"]:
+        raise ValueError(f"{os.path.join(path, 'config.json')} has no 'architectures' list, so the model "
+                         f"class is unknown (found model_type {config.get('model_type')!r})")
     gen_path = os.path.join(path, "generation_config.json")
     generation = read_json(gen_path) if os.path.isfile(gen_path) else {}
     files = _safetensors_files(path)
@@ -69,15 +72,21 @@ def find_checkpoint(path: str) -> Checkpoint:
 
 
 def read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    """A JSON object from a file; a malformed file is a ValueError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: malformed JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def _safetensors_files(path: str) -> list[str]:
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map", {})
+        weight_map = read_json(index).get("weight_map", {})
         files = sorted({os.path.join(path, v) for v in weight_map.values()})
         absent = [f for f in files if not os.path.isfile(f)]
         if absent:
@@ -94,9 +103,13 @@ def _safetensors_files(path: str) -> list[str]:
 def _iter_safetensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import safe_open
     for file in files:
-        with safe_open(file, framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+        try:
+            with safe_open(file, framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except Exception as e:   # safetensors raises its own SafetensorError, or OSError on a short read
+            raise ValueError(f"{file}: not a readable safetensors file, truncated or corrupt? ({e})") \
+                from None
 
 
 # ---------------------------------------------------------------- GGUF
@@ -113,10 +126,13 @@ def gguf_reader(path: str):
     try:
         import gguf
     except ImportError as e:
-        raise ImportError(
-            "loading GGUF files needs the `gguf` package: pip install 'tts-engine[gguf]'"
-        ) from e
-    return gguf.GGUFReader(path)
+        raise ImportError("loading GGUF files needs the `gguf` package: pip install 'tts-engine[gguf]'") \
+            from e
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:   # gguf fails on a broken file with whatever numpy or struct raise
+        raise ValueError(f"{path}: not a readable GGUF file, truncated or corrupt? "
+                         f"({type(e).__name__}: {e})") from None
 
 
 def _field(reader, key: str, default=None):

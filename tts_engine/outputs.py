@@ -1,7 +1,19 @@
-"""Result objects, shaped like vLLM's RequestOutput / CompletionOutput."""
+"""Result objects, shaped like vLLM's RequestOutput / CompletionOutput / Logprob."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+@dataclass
+class Logprob:
+    logprob: float
+    rank: int | None = None            # 1 = the most likely token
+    decoded_token: str | None = None
+
+
+# per position: {token_id: Logprob}, the chosen token included
+SampleLogprobs = list[dict[int, Logprob]]
+PromptLogprobs = list[dict[int, Logprob] | None]   # None for the first prompt token
 
 
 @dataclass
@@ -9,16 +21,22 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    cumulative_logprob: float
-    finish_reason: str              # "stop" (EOS, stop string or stop token) or "length"
-    stop_reason: str | int | None = None   # the stop string or stop token id that ended it, if any
-    logprobs: list[dict[int, float]] | None = None   # per token: {token_id: logprob}, sampled token included
+    cumulative_logprob: float | None
+    logprobs: SampleLogprobs | None
+    finish_reason: str | None = None       # "stop" (EOS, stop string or stop token) or "length"
+    stop_reason: str | int | None = None   # the stop string or stop token id that ended it, None for EOS
+    lora_request: None = None
+
+    def finished(self) -> bool:
+        return self.finish_reason is not None
 
 
 @dataclass
 class RequestOutput:
-    request_id: int
+    request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
+    prompt_logprobs: PromptLogprobs | None
     outputs: list[CompletionOutput] = field(default_factory=list)
+    finished: bool = True
     num_cached_tokens: int = 0      # prompt tokens served from the prefix cache (summed over the n samples)

@@ -17,6 +17,7 @@ import torch
 
 from tts_engine.config import EngineConfig
 from tts_engine.engine.detokenizer import IncrementalDetokenizer
+from tts_engine.engine.logits_process import needs_processing, process
 from tts_engine.engine.memory import activation_bytes, kv_cache_tokens
 from tts_engine.engine.runner import ModelRunner
 from tts_engine.engine.sampler import Sampler
@@ -24,7 +25,7 @@ from tts_engine.engine.scheduler import ScheduledBatch, Scheduler
 from tts_engine.engine.sequence import Request, Sequence
 from tts_engine.engine.stats import EngineStats
 from tts_engine.engine.upload import upload_one
-from tts_engine.flops import forward_flops
+from tts_engine.flops import forward_flops, lm_head_flops
 from tts_engine.loader import find_checkpoint, gguf_reader
 from tts_engine.models.backend import resolve_backend
 from tts_engine.models.registry import build_model, model_config
@@ -58,7 +59,7 @@ class Engine:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
 
         self.model = build_model(cfg, self.dtype, self.device)
-        self.model.load_weights(ckpt.weights())
+        self.model.load_weights(ckpt.weights(), check_finite=config.check_weights)
         self.model.eval()
         self.attention_backend = resolve_backend(config.attention_backend, self.device)
         self.model.set_backend(self.attention_backend)
@@ -108,7 +109,8 @@ class Engine:
     def make_request(self, prompt_token_ids: list[int], params: SamplingParams, prompt: str | None = None,
                      hidden_positions: list[int] | None = None, generates: bool = True) -> Request:
         """A request and its n sequences, checked against the model and the KV pool; not queued yet
-        (callers check all of theirs before adding any)."""
+        (callers check all of theirs before adding any). With prompt_logprobs the first sequence
+        keeps the hidden states of every prompt position but the last (no cache hits for it)."""
         ids = prompt_token_ids
         if not ids:
             raise ValueError("prompt is empty (no tokens)")
@@ -116,21 +118,32 @@ class Engine:
         bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {vocab})")
+        for name in ("logprobs", "prompt_logprobs"):
+            if (getattr(params, name) or 0) > vocab:
+                raise ValueError(f"{name}={getattr(params, name)} is larger than the vocabulary "
+                                 f"({vocab} tokens)")
+        bad = [t for t in params.stop_token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"stop_token_ids: {bad[0]} is outside the vocabulary [0, {vocab})")
         if generates and len(ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(ids)} tokens but the model's context is {self.max_model_len} "
                              f"(no room to generate)")
         if len(ids) > self.max_model_len:
             raise ValueError(f"prompt has {len(ids)} tokens but the model's context is {self.max_model_len}")
-        need = min(len(ids) + params.max_tokens, self.max_model_len) if generates else len(ids)
+        max_tokens = params.max_tokens or self.max_model_len - len(ids)
+        need = min(len(ids) + max_tokens, self.max_model_len) if generates else len(ids)
         if need > self.kv_cache_tokens:
             raise ValueError(f"a sequence needs up to {need} KV slots (prompt {len(ids)} + max_tokens "
-                             f"{params.max_tokens}) but kv_cache_tokens={self.kv_cache_tokens}")
+                             f"{max_tokens}) but kv_cache_tokens={self.kv_cache_tokens}")
+        if generates and params.prompt_logprobs is not None:
+            hidden_positions = list(range(len(ids) - 1))
         request = Request(self._next_request, prompt, list(ids), params)
         self._next_request += 1
         for k in range(params.n):
             seed = params.seed + k if params.seed is not None else self._rng.getrandbits(63)
+            keep = hidden_positions if k == 0 or not generates else None
             request.seqs.append(Sequence(self._next_seq, request.request_id, k, ids, params, seed,
-                                         hidden_positions, generates))
+                                         keep or None, generates, max_tokens))
             self._next_seq += 1
         return request
 
@@ -177,7 +190,10 @@ class Engine:
         if sampling:
             if len(rows) > logits.shape[0]:
                 logits = logits.index_select(0, upload_one(logits.device, rows))
-            self._sample(logits, sampling)
+            processed = None
+            if any(needs_processing(s) for s in sampling):
+                processed = process(logits, sampling, self.eos_token_ids)
+            self._sample(logits, processed, sampling)
             finished += [s for s in sampling if s.finish_reason is not None]
         for seq in finished:
             self._finish(seq)
@@ -190,78 +206,121 @@ class Engine:
         self.stats.flops += forward_flops(self.model_config, spans, head_rows)
         self.stats.steps += 1
 
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        """Draw each sequence's next token and append it, with its logprobs. The tokens, their
-        logprobs and the requested top logprobs come back to the host in one copy."""
+    def _sample(self, logits: torch.Tensor, processed: torch.Tensor | None, seqs: list[Sequence]) -> None:
+        """Draw each sequence's next token (from the processed logits, if any) and append it with the
+        raw logprobs: the chosen token's, its rank and the requested top ones. They come back to the
+        host in one copy."""
         uniforms = [0.0 if s.params.greedy else s.rng.random() for s in seqs]
-        out = self.sampler(logits, [s.params for s in seqs], uniforms)
-        top_rows = [i for i, s in enumerate(seqs) if s.params.logprobs]
+        sampling_logits = logits if processed is None else processed
+        out = self.sampler(sampling_logits, [s.params for s in seqs], uniforms, raw=logits)
+        top_rows = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
         parts = [out.tokens.double(), out.logprobs.double(), out.lse.double()]
         k = max((seqs[i].params.logprobs for i in top_rows), default=0)
         if top_rows:
             index = upload_one(logits.device, top_rows)
-            values, ids = logits.index_select(0, index).topk(k, dim=-1)
-            logprobs = values - out.lse.index_select(0, index)[:, None]
-            parts += [ids.double().flatten(), logprobs.double().flatten()]
+            rows = logits.index_select(0, index)
+            chosen = rows.gather(1, out.tokens.index_select(0, index)[:, None])
+            parts.append(((rows > chosen).sum(-1) + 1).double())     # rank of the chosen token
+            if k:
+                values, ids = rows.topk(k, dim=-1)
+                logprobs = values - out.lse.index_select(0, index)[:, None]
+                parts += [ids.double().flatten(), logprobs.double().flatten()]
         flat = torch.cat(parts).tolist()    # the step's one device-to-host copy
-        n, m = len(seqs), len(top_rows) * k
-        ids, values = flat[3 * n:3 * n + m], flat[3 * n + m:]
+        n, m = len(seqs), len(top_rows)
+        ranks, rest = flat[3 * n:3 * n + m], flat[3 * n + m:]
+        ids, values = rest[:m * k], rest[m * k:]
         top = {}
         for j, i in enumerate(top_rows):
-            lo, hi = j * k, j * k + seqs[i].params.logprobs
-            top[i] = zip(map(int, ids[lo:hi]), values[lo:hi])
+            want = seqs[i].params.logprobs
+            top[i] = (int(ranks[j]), [(int(t), lp, r + 1) for r, (t, lp) in
+                                      enumerate(zip(ids[j * k:j * k + want], values[j * k:j * k + want]))])
         for i, seq in enumerate(seqs):
             token, lp = int(flat[i]), flat[n + i]
             if not math.isfinite(flat[2 * n + i]):   # NaN or infinite logits: never a wild token id
                 token, lp = self.sampler.fallback(logits[i]), float("nan")
                 warnings.warn(f"non-finite logits for request {seq.request_id} at position {len(seq)}; "
                               f"took their argmax (token {token})", RuntimeWarning)
-            self._append(seq, token, lp, top.get(i, ()))
+            self._append(seq, token, lp, top.get(i))
 
-    def _append(self, seq: Sequence, token: int, lp: float, top) -> None:
+    def _append(self, seq: Sequence, token: int, lp: float, top: tuple[int, list] | None) -> None:
         p = seq.params
         seq.token_ids.append(token)
         self.stats.generated_tokens += 1
         seq.cumulative_logprob += lp
         if seq.logprobs is not None:
-            entry = {token: lp}
-            entry.update(top)
+            rank, best = top
+            entry = {token: (lp, rank)}
+            entry.update((t, (v, r)) for t, v, r in best if t != token)
             seq.logprobs.append(entry)
-        if token in p.stop_token_ids:
+        if p.presence_penalty or p.frequency_penalty:
+            seq.output_counts[token] = seq.output_counts.get(token, 0) + 1
+        may_stop = seq.num_output_tokens >= p.min_tokens   # (before that, EOS and stop tokens are banned)
+        if may_stop and token in p.stop_token_ids:
             seq.finish_reason, seq.stop_reason = "stop", token
-        elif not p.ignore_eos and token in self.eos_token_ids:
+        elif may_stop and not p.ignore_eos and token in self.eos_token_ids:
             seq.finish_reason = "stop"
         elif p.stop:
-            self._check_stop_strings(seq)
-        if seq.finish_reason is None and (
-            seq.num_output_tokens >= p.max_tokens or len(seq) >= self.max_model_len
-        ):
+            self._check_stop_strings(seq, may_stop)
+        full = seq.num_output_tokens >= seq.max_tokens or len(seq) >= self.max_model_len
+        if seq.finish_reason is None and full:
             seq.finish_reason = "length"
 
-    def _check_stop_strings(self, seq: Sequence) -> None:
+    def _check_stop_strings(self, seq: Sequence, may_stop: bool) -> None:
         """Match stop strings on the text, so a stop made of several tokens (or inside one) is found.
-        The text grows by incremental detokenization; only its new tail can hold a new match."""
+        The text grows by incremental detokenization; only its new tail can hold a new match (and
+        none is looked for before min_tokens). The matched stop string stays in the text only with
+        include_stop_str_in_output."""
+        p = seq.params
         if seq.detokenizer is None:
             seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.num_prompt_tokens,
-                                                     seq.params.skip_special_tokens)
+                                                     p.skip_special_tokens)
         new = seq.detokenizer.step(seq.token_ids)
         if not new:
             return
         start = len(seq.text)
         seq.text += new
+        if not may_stop:
+            return
         best = None
-        for stop in seq.params.stop:
+        for stop in p.stop:
             i = seq.text.find(stop, max(0, start - len(stop) + 1))
             if i >= 0 and (best is None or i < best[0]):
                 best = (i, stop)
         if best is not None:
-            seq.text = seq.text[:best[0] + len(best[1])]
-            seq.finish_reason, seq.stop_reason = "stop", best[1]
+            i, stop = best
+            seq.text = seq.text[:i + len(stop)] if p.include_stop_str_in_output else seq.text[:i]
+            seq.finish_reason, seq.stop_reason = "stop", stop
 
     def _finish(self, seq: Sequence) -> None:
-        if seq.generates and not isinstance(seq.stop_reason, str):
+        if seq.generates and seq.params.detokenize and not isinstance(seq.stop_reason, str):
             seq.text = self.tokenizer.decode(seq.output_token_ids, seq.params.skip_special_tokens)
         self.scheduler.finish(seq)
+
+    def prompt_logprobs(self, request: Request) -> list[dict[int, tuple[float, int]] | None]:
+        """Per prompt token, {token: (logprob, rank)} under the model given the tokens before it, with
+        the params.prompt_logprobs most likely ones too; None for the first token. From the hidden
+        states the first sequence kept, through the head in chunks (its FLOPs are counted)."""
+        seq, k = request.seqs[0], request.params.prompt_logprobs
+        ids = request.prompt_token_ids
+        out: list[dict[int, tuple[float, int]] | None] = [None]
+        for lo in range(0, len(ids) - 1, 512):
+            hi = min(lo + 512, len(ids) - 1)
+            logits = self.model.compute_logits(torch.stack([seq.hidden_states[p] for p in range(lo, hi)]))
+            lse = torch.logsumexp(logits, -1)
+            nxt = upload_one(logits.device, ids[lo + 1:hi + 1])[:, None]
+            chosen = logits.gather(1, nxt)
+            cols = [chosen - lse[:, None], (logits > chosen).sum(-1, keepdim=True) + 1]
+            if k:
+                values, top = logits.topk(k, dim=-1)
+                cols += [top, values - lse[:, None]]
+            rows = torch.cat([c.double() for c in cols], 1)
+            self.stats.flops += lm_head_flops(self.model_config, hi - lo)
+            for j, row in enumerate(rows.double().tolist()):
+                entry = {ids[lo + 1 + j]: (row[0], int(row[1]))}
+                for r in range(k):
+                    entry.setdefault(int(row[2 + r]), (row[2 + k + r], r + 1))
+                out.append(entry)
+        return out
 
     # ------------------------------------------------------------ cache and counters
     def reset_prefix_cache(self) -> None:

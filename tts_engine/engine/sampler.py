@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tts_engine.engine.upload import upload
+from tts_engine.engine.upload import upload, upload_one
 from tts_engine.sampling_params import SamplingParams
 
 try:   # optional CUDA kernel (csrc/sampling.cu): top-k / top-p without sorting the vocabulary
@@ -55,16 +55,19 @@ class Sampler:
             w = self._work = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
         return w[:rows]
 
-    def __call__(self, logits: torch.Tensor, params: list[SamplingParams], uniforms: list[float]) -> Sampled:
-        """logits: [rows, vocab] float32; uniforms: one in [0, 1) per row (greedy rows ignore theirs).
-        A row whose logits hold NaN or infinities has a non-finite `lse`; its token is some valid id,
-        and the caller replaces it (`fallback`)."""
+    def __call__(self, logits: torch.Tensor, params: list[SamplingParams], uniforms: list[float],
+                 raw: torch.Tensor | None = None) -> Sampled:
+        """logits: [rows, vocab] float32 to sample from; raw: the model's logits before any
+        penalties, which the logprobs describe (default: logits); uniforms: one in [0, 1) per row
+        (greedy rows ignore theirs). A row whose raw logits hold NaN or infinities has a non-finite
+        `lse`; its token is some valid id, and the caller replaces it (`fallback`)."""
         dev, n = logits.device, len(params)
+        raw = logits if raw is None else raw
         greedy = [i for i, p in enumerate(params) if p.greedy]
         rows = [i for i, p in enumerate(params) if not p.greedy]
-        peak = logits.amax(dim=-1)
+        peak = raw.amax(dim=-1)
         w = self._workspace(logits)
-        lse = peak + torch.sub(logits, peak[:, None], out=w).exp_().sum(-1).log()   # raw log-sum-exp
+        lse = peak + torch.sub(raw, peak[:, None], out=w).exp_().sum(-1).log()   # raw log-sum-exp
         if not rows:
             tokens = logits.argmax(dim=-1)
         else:
@@ -79,19 +82,25 @@ class Sampler:
             tokens = torch.empty(n, dtype=torch.long, device=dev)
             if greedy:
                 tokens.index_copy_(0, greedy_i, _take(logits, greedy_i).argmax(dim=-1))
-            if _C is not None and logits.is_cuda:
+            min_p = any(p.min_p > 0 for p in sub)
+            if _C is not None and logits.is_cuda and not min_p:
                 # Same distribution, on the GPU without a sort; like the blocked draw below it walks
                 # the kept tokens in index order.
                 drawn = _C.top_k_top_p_sample(_take(logits, rows_i).float(), temps.float(),
                                               top_k.to(torch.int32), top_p.float(), u.float())
             else:
-                if any(p.temperature != 1 for p in sub):   # w = exp((logits - peak) / T) instead
+                if raw is not logits:
+                    peak = logits.amax(dim=-1)
+                if raw is not logits or any(p.temperature != 1 for p in sub):   # w = exp((logits - peak) / T)
                     torch.sub(logits, peak[:, None], out=w).mul_(inv_t.float()[:, None]).exp_()
+                if min_p:      # the most likely token has weight 1: drop those below min_p of it
+                    min_ps = upload_one(dev, [p.min_p for p in params], torch.float32)
+                    w.masked_fill_(w < min_ps[:, None], 0.0)
                 drawn = _draw(_take(w, rows_i), u, top_k, top_p.float(), cut_i, whole_i,
                               max([sub[j].top_k for j in cut], default=0))
             tokens.index_copy_(0, rows_i, drawn)
         tokens.clamp_(0, logits.shape[1] - 1)    # (a NaN row can draw anything)
-        logprobs = logits.gather(1, tokens[:, None])[:, 0] - lse
+        logprobs = raw.gather(1, tokens[:, None])[:, 0] - lse
         return Sampled(tokens, logprobs, lse)
 
     @staticmethod

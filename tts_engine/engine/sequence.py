@@ -21,11 +21,12 @@ class Status(enum.Enum):
 class Sequence:
     def __init__(self, seq_id: int, request_id: int, index: int, prompt_token_ids: list[int],
                  params: SamplingParams, seed: int, hidden_positions: list[int] | None = None,
-                 generates: bool = True):
+                 generates: bool = True, max_tokens: int | None = None):
         self.seq_id, self.request_id, self.index = seq_id, request_id, index
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.params = params
+        self.max_tokens = max_tokens or params.max_tokens   # params.max_tokens=None: set by the engine
         self.status = Status.WAITING
         # What the sequence is for: generating tokens, and/or keeping the final hidden states of
         # these prompt positions (LLM.encode; a PRM's step tags). See `outputs_after`.
@@ -49,7 +50,9 @@ class Sequence:
         # Sampling state: a private generator per sample makes its draws independent of the batch.
         self.rng = random.Random(seed)
         self.cumulative_logprob = 0.0
-        self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
+        # per generated token {token_id: (logprob, rank)}, the chosen token first (LLM makes Logprobs)
+        self.logprobs: list[dict[int, tuple[float, int]]] | None = [] if params.logprobs is not None else None
+        self.output_counts: dict[int, int] = {}   # kept only when presence/frequency penalties need it
         self.detokenizer = None          # set by the engine when stop strings need the text
         self.text = ""
         self.finish_reason: str | None = None

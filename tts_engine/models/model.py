@@ -51,10 +51,11 @@ class Model(nn.Module):
                 m.ops = elementwise_ops
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy Hugging Face-named tensors into the model; raise on unknown, missing or misshapen ones.
-        Tensors of another head than ours (say the lm_head of a reward model's base) are skipped;
-        a backbone saved without the `model.` prefix (AutoModel) loads too."""
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], check_finite: bool = True) -> None:
+        """Copy Hugging Face-named tensors into the model; raise on unknown, missing or misshapen ones,
+        and (check_finite) on NaN or infinite values, which a corrupt file can hold and which would
+        otherwise generate garbage. Tensors of another head than ours (say the lm_head of a reward
+        model's base) are skipped; a backbone saved without the `model.` prefix (AutoModel) loads too."""
         params = dict(self.named_parameters())
         other_heads = {h.name for h in HEADS} - {self.head_name}
         packed = self.model.PACKED
@@ -81,6 +82,10 @@ class Model(nn.Module):
                 raise ValueError(f"shape mismatch for {name!r}: checkpoint has {tuple(tensor.shape)}, "
                                  f"the config implies {tuple(dest.shape)}")
             dest.copy_(tensor)
+            if check_finite and dest.is_floating_point() and not bool(torch.isfinite(dest).all()):
+                raise ValueError(f"checkpoint tensor {name!r} holds NaN or infinite values (a corrupt "
+                                 f"file?); "
+                                 f"check_weights=False loads it anyway")
             loaded.add((target, shard))
         missing = []
         for target in params:
