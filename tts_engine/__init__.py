@@ -9,6 +9,7 @@ import importlib
 
 _EXPORTS = {
     "LLM": "tts_engine.llm",
+    "PRM": "tts_engine.prm",
     "SamplingParams": "tts_engine.sampling_params",
     "RequestOutput": "tts_engine.outputs",
     "CompletionOutput": "tts_engine.outputs",

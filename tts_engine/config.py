@@ -39,6 +39,8 @@ class EngineConfig:
     attention_backend: str = "auto"        # "auto", "torch" or "triton"
     enforce_eager: bool = False            # no CUDA graphs
     check_weights: bool = True             # refuse weights with NaN or infinite values (one pass)
+    head: str | None = None                # the head to build ("lm_head", "v_head", "score"); None: the
+                                           # architecture's (a PRM family may read another one)
     # A span shared by several decoding sequences is read once for all of them (cascade) when
     # sharers x span tokens reaches this (None: never); see ModelRunner.
     cascade_min_work: int | None = 2048

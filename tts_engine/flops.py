@@ -21,7 +21,7 @@ def attention_flops(cfg: ModelConfig, start: int, end: int) -> int:
 
 
 def lm_head_flops(cfg: ModelConfig, rows: int) -> int:
-    return 2 * cfg.hidden_size * cfg.vocab_size * rows
+    return head_flops(cfg, "lm_head", rows)
 
 
 def forward_flops(cfg: ModelConfig, spans: list[tuple[int, int]], head_rows: int) -> int:
@@ -31,3 +31,14 @@ def forward_flops(cfg: ModelConfig, spans: list[tuple[int, int]], head_rows: int
     return sum(per_token * (e - s) + attention_flops(cfg, s, e) for s, e in spans) + lm_head_flops(
         cfg, head_rows
     )
+
+
+def head_flops(cfg: ModelConfig, head: str, rows: int, columns: int | None = None) -> int:
+    """A head on `rows` hidden states: the LM head (or `columns` of it), a value head, or the
+    classification head's two layers."""
+    h = cfg.hidden_size
+    if head == "lm_head":
+        return 2 * h * (cfg.vocab_size if columns is None else columns) * rows
+    if head == "v_head":
+        return 2 * h * rows
+    return 2 * (h * h + h * cfg.num_labels) * rows

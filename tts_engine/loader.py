@@ -71,6 +71,21 @@ def find_checkpoint(path: str) -> Checkpoint:
     return Checkpoint(config, lambda: _iter_safetensors(files), path, generation_config=generation)
 
 
+def tensor_names(ckpt: Checkpoint) -> set[str]:
+    """Names of the checkpoint's tensors in Hugging Face's naming, read from the file headers only."""
+    if ckpt.gguf_path is not None:
+        return {name for name, _ in _gguf_names(gguf_reader(ckpt.gguf_path))}
+    from safetensors import safe_open
+    names = set()
+    for file in _safetensors_files(ckpt.folder):
+        try:
+            with safe_open(file, framework="pt") as f:
+                names.update(f.keys())
+        except Exception as e:
+            raise _unreadable(file, e) from None
+    return names
+
+
 def read_json(path: str) -> dict:
     """A JSON object from a file; a malformed file is a ValueError naming it."""
     try:
@@ -107,9 +122,13 @@ def _iter_safetensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
             with safe_open(file, framework="pt") as f:
                 for name in f.keys():
                     yield name, f.get_tensor(name)
-        except Exception as e:   # safetensors raises its own SafetensorError, or OSError on a short read
-            raise ValueError(f"{file}: not a readable safetensors file, truncated or corrupt? ({e})") \
-                from None
+        except Exception as e:
+            raise _unreadable(file, e) from None
+
+
+def _unreadable(file: str, e: Exception) -> ValueError:
+    # safetensors raises its own SafetensorError, or OSError on a short read
+    return ValueError(f"{file}: not a readable safetensors file, truncated or corrupt? ({e})")
 
 
 # ---------------------------------------------------------------- GGUF
@@ -177,21 +196,24 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _iter_gguf(reader, cfg: dict) -> Iterator[tuple[str, torch.Tensor]]:
-    from gguf.quants import dequantize
+def _gguf_names(reader):
+    """(Hugging Face name, GGUF tensor) of each tensor of a llama GGUF file."""
     for t in reader.tensors:
         base, _, kind = t.name.rpartition(".")
         if base.startswith("blk."):
             _, idx, part = base.split(".", 2)
             if part not in _GGUF_LAYER_NAMES:
                 raise ValueError(f"GGUF tensor {t.name!r} is not part of a llama model")
-            name = f"model.layers.{idx}.{_GGUF_LAYER_NAMES[part]}.{kind}"
+            yield f"model.layers.{idx}.{_GGUF_LAYER_NAMES[part]}.{kind}", t
         elif base in _GGUF_TOP_NAMES:
-            name = f"{_GGUF_TOP_NAMES[base]}.{kind}"
-        elif base == "rope_freqs":
-            continue   # llama3 factors precomputed by the converter; we compute them from the config
-        else:
+            yield f"{_GGUF_TOP_NAMES[base]}.{kind}", t
+        elif base != "rope_freqs":   # (llama3 factors precomputed by the converter: we compute them)
             raise ValueError(f"GGUF tensor {t.name!r} is not part of a llama model")
+
+
+def _iter_gguf(reader, cfg: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    from gguf.quants import dequantize
+    for name, t in _gguf_names(reader):
         w = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # a writable copy
         w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
         if name.endswith("q_proj.weight"):

@@ -17,7 +17,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
-from tts_engine.loader import read_json
+from tts_engine.loader import Checkpoint, gguf_reader, read_json
 
 # Pre-tokenizer split patterns for the GGUF `tokenizer.ggml.pre` names of our model families.
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -57,6 +57,15 @@ class Tokenizer:
         return self._tok.token_to_id(self.pad_token) if self.pad_token else None
 
     # ------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, ckpt: Checkpoint, path: str | None = None) -> "Tokenizer":
+        """The tokenizer of a checkpoint: from `path` if given, else its folder or its GGUF metadata."""
+        if path is not None:
+            return cls.from_dir(path)
+        if ckpt.gguf_path is not None:
+            return cls.from_gguf(gguf_reader(ckpt.gguf_path))
+        return cls.from_dir(ckpt.folder)
+
     @classmethod
     def from_dir(cls, path: str) -> "Tokenizer":
         tok_file = os.path.join(path, "tokenizer.json")

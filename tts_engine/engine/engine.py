@@ -26,7 +26,7 @@ from tts_engine.engine.sequence import Request, Sequence
 from tts_engine.engine.stats import EngineStats
 from tts_engine.engine.upload import upload_one
 from tts_engine.flops import forward_flops, lm_head_flops
-from tts_engine.loader import find_checkpoint, gguf_reader
+from tts_engine.loader import find_checkpoint
 from tts_engine.models.backend import resolve_backend
 from tts_engine.models.registry import build_model, model_config
 from tts_engine.sampling_params import SamplingParams
@@ -45,12 +45,7 @@ class Engine:
         ckpt = find_checkpoint(config.model)
         self.model_config = cfg = model_config(ckpt.config, ckpt.generation_config)
         self.dtype = resolve_dtype(config.dtype, cfg.torch_dtype, self.device)
-        if config.tokenizer is not None:
-            self.tokenizer = Tokenizer.from_dir(config.tokenizer)
-        elif ckpt.gguf_path is not None:
-            self.tokenizer = Tokenizer.from_gguf(gguf_reader(ckpt.gguf_path))
-        else:
-            self.tokenizer = Tokenizer.from_dir(ckpt.folder)
+        self.tokenizer = Tokenizer.load(ckpt, config.tokenizer)
         self.max_model_len = min(
             config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
         )
@@ -58,7 +53,7 @@ class Engine:
         if self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
 
-        self.model = build_model(cfg, self.dtype, self.device)
+        self.model = build_model(cfg, self.dtype, self.device, config.head)
         self.model.load_weights(ckpt.weights(), check_finite=config.check_weights)
         self.model.eval()
         self.attention_backend = resolve_backend(config.attention_backend, self.device)

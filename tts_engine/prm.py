@@ -1,0 +1,291 @@
+"""PRM: process reward models on the engine, scoring only what is new.
+
+`PRM(path).score(questions, trajectories)` gives one score in [0, 1] per step. Each family writes
+(question, steps) as its model card does (../shared/docs/tts-algorithms.md section 4) and reads its
+head at the step tags:
+
+- math-shepherd: question + " " + each step + " ки\\n"; softmax over the "+" / "-" logits at each
+  "ки" (only those two columns of the LM head are computed).
+- rlhflow: the PRM's chat template, first user turn question + " " + step 1, then one step per user
+  turn, "+" as every assistant reply; P("+") against "-" at the position before each reply.
+- skywork: BOS + question + "\\n", then each step (inner newlines flattened) encoded on its own and
+  followed by "\\n"; sigmoid of the value head (v_head.summary) at each step's "\\n".
+- qwen2.5-math-prm: its chat template with its system prompt, the question as the user turn and
+  the steps joined by <extra_0> (one after each) as the assistant turn; probability of class 1 of
+  the 2-class score head at each <extra_0>.
+Steps are stripped of surrounding whitespace first, as the paper's code does.
+
+Incremental: the engine's radix tree keeps the tokens of scored trajectories, and the PRM keeps
+each tag's score keyed by a digest of the tokens up to it, so a trajectory that extends a scored
+one computes only its new tokens and sends only its new tags through the head. Tokens after the
+last tag that needs a score are never computed (causal attention: they cannot change it).
+"""
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections import OrderedDict
+from dataclasses import asdict
+
+import torch
+
+from tts_engine.config import EngineConfig
+from tts_engine.engine.engine import Engine
+from tts_engine.flops import head_flops
+from tts_engine.loader import find_checkpoint, tensor_names
+from tts_engine.sampling_params import SamplingParams, check_unicode
+from tts_engine.tokenizer import Tokenizer
+
+KINDS = ("math-shepherd", "rlhflow", "skywork", "qwen2.5-math-prm")
+QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+RLHFLOW_PLACEHOLDER = "<|reserved_special_token_0|>"
+
+
+class Family:
+    """How one PRM family writes a trajectory and reads its head."""
+    name: str
+    head: str = "lm_head"
+    columns: list[int] | None = None       # LM-head columns read (None: the whole head's output)
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+
+    def encode(self, question: str, steps: list[str]) -> tuple[list[int], list[int]]:
+        """Token ids, and the position whose head output scores each step."""
+        raise NotImplementedError
+
+    def probability(self, out: torch.Tensor) -> torch.Tensor:
+        """Head outputs at the score positions -> scores in [0, 1]."""
+        return torch.softmax(out, -1)[:, 0]          # P("+") of the ("+", "-") columns
+
+    def _token(self, text: str) -> int:
+        ids = self.tok.encode(text, add_special_tokens=False)
+        if not ids:
+            raise ValueError(f"{self.name}: the tokenizer gives no token for {text!r}")
+        return ids[-1]
+
+    def _tags(self, ids: list[int], tag: int, steps: list[str], what: str) -> list[int]:
+        positions = [i for i, t in enumerate(ids) if t == tag]
+        if len(positions) != len(steps):
+            raise ValueError(f"{self.name}: found {len(positions)} {what} tags for {len(steps)} steps "
+                             f"(does the question or a step contain the tag itself?)")
+        return positions
+
+
+class MathShepherd(Family):
+    name = "math-shepherd"
+
+    def __init__(self, tok: Tokenizer):
+        super().__init__(tok)
+        self.tag = self._token("ки")
+        self.columns = [self._token("+"), self._token("-")]
+
+    def encode(self, question, steps):
+        ids = self.tok.encode(question + " " + "".join(s + " ки\n" for s in steps))
+        return ids, self._tags(ids, self.tag, steps, "'ки'")
+
+
+class RLHFlow(Family):
+    name = "rlhflow"
+
+    def __init__(self, tok: Tokenizer):
+        super().__init__(tok)
+        self.placeholder = tok.convert_tokens_to_ids(RLHFLOW_PLACEHOLDER)
+        if self.placeholder is None or tok.chat_template is None:
+            raise ValueError(f"rlhflow needs a chat template and the {RLHFLOW_PLACEHOLDER} token in the "
+                             f"tokenizer")
+        self.plus = self._token("+")
+        self.columns = [self.plus, self._token("-")]
+
+    def encode(self, question, steps):
+        chat = []
+        for i, step in enumerate(steps):
+            chat += [{"role": "user", "content": question + " " + step if i == 0 else step},
+                     {"role": "assistant", "content": RLHFLOW_PLACEHOLDER}]
+        text = self.tok.apply_chat_template(chat, tokenize=False)
+        ids = self.tok.encode(text, add_special_tokens=False)
+        tags = self._tags(ids, self.placeholder, steps, RLHFLOW_PLACEHOLDER)
+        ids = [self.plus if t == self.placeholder else t for t in ids]   # every assistant reply is "+"
+        return ids, [p - 1 for p in tags]
+
+
+class Skywork(Family):
+    name = "skywork"
+    head = "v_head"
+
+    def __init__(self, tok: Tokenizer):
+        super().__init__(tok)
+        self.newline = self._token("\n")
+
+    def encode(self, question, steps):
+        ids = self.tok.encode((self.tok.bos_token or "") + question + "\n")
+        positions = []
+        for step in steps:
+            ids += self.tok.encode(step.replace("\n", " ")) + [self.newline]
+            positions.append(len(ids) - 1)
+        return ids, positions
+
+    def probability(self, out):
+        return torch.sigmoid(out[:, 0])
+
+
+class QwenMathPRM(Family):
+    name = "qwen2.5-math-prm"
+    head = "score"
+
+    def __init__(self, tok: Tokenizer):
+        super().__init__(tok)
+        self.tag = tok.convert_tokens_to_ids("<extra_0>")
+        if self.tag is None or tok.chat_template is None:
+            raise ValueError("qwen2.5-math-prm needs a chat template and the <extra_0> token in the "
+                             "tokenizer")
+
+    def encode(self, question, steps):
+        chat = [{"role": "system", "content": QWEN_MATH_SYSTEM}, {"role": "user", "content": question},
+                {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"}]
+        ids = self.tok.encode(self.tok.apply_chat_template(chat, tokenize=False))
+        return ids, self._tags(ids, self.tag, steps, "<extra_0>")
+
+    def probability(self, out):
+        return torch.softmax(out, -1)[:, 1]
+
+
+FAMILIES = {f.name: f for f in (MathShepherd, RLHFlow, Skywork, QwenMathPRM)}
+
+
+def detect(config: dict, tensor_names: set[str], tok: Tokenizer) -> str:
+    """The family of a checkpoint: from its architectures and head tensors, else from its tag tokens."""
+    archs = config.get("architectures") or []
+    if "Qwen2ForProcessRewardModel" in archs or "score.0.weight" in tensor_names:
+        return "qwen2.5-math-prm"
+    if "Qwen2ForPrmModel" in archs or "v_head.summary.weight" in tensor_names:
+        return "skywork"
+    vocab = tok.get_vocab()
+    if "ки" in vocab or "▁ки" in vocab:
+        return "math-shepherd"
+    if RLHFLOW_PLACEHOLDER in vocab and tok.chat_template is not None:
+        return "rlhflow"
+    raise ValueError(f"cannot tell which PRM family {config.get('architectures')} is (no Qwen2.5-Math-PRM or "
+                     f"Skywork head, no 'ки' or {RLHFLOW_PLACEHOLDER} tag token); pass kind= one of "
+                     f"{', '.join(KINDS)}")
+
+
+class PRM:
+    def __init__(self, model: str, kind: str = "auto", dtype="auto", device: str | None = None,
+                 kv_cache_tokens: int | None = None, gpu_memory_utilization: float = 0.9,
+                 tokenizer: str | None = None, max_num_batched_tokens: int = 2048, max_num_seqs: int = 256,
+                 enable_prefix_caching: bool = True, attention_backend: str = "auto",
+                 check_weights: bool = True,
+                 score_cache_size: int = 1 << 20):
+        """A process reward model from a local checkpoint. kind: one of KINDS or "auto". Loading runs
+        no code from the checkpoint (auto_map is ignored) and reads safetensors or GGUF only."""
+        if kind != "auto" and kind not in KINDS:
+            raise ValueError(f"unknown PRM kind {kind!r}; use 'auto' or one of {', '.join(KINDS)}")
+        if kind == "auto":
+            ckpt = find_checkpoint(model)
+            kind = detect(ckpt.config, tensor_names(ckpt), Tokenizer.load(ckpt, tokenizer))
+        head = FAMILIES[kind].head
+        self.engine = Engine(EngineConfig(
+            model=model, tokenizer=tokenizer, dtype=dtype, device=device, kv_cache_tokens=kv_cache_tokens,
+            gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
+            attention_backend=attention_backend, check_weights=check_weights, head=head))
+        self.kind = kind
+        self.family = FAMILIES[kind](self.engine.tokenizer)
+        self._scores: OrderedDict[bytes, float] = OrderedDict()   # digest of the tokens up to a tag -> score
+        self._score_cache_size = score_cache_size
+        self._head_flops = 0
+
+    def score(self, questions: str | list[str], trajectories: list[list[str]]) -> list[list[float]]:
+        """One score in [0, 1] per step of each trajectory. questions: one shared string, or one per
+        trajectory. All trajectories go through the engine together."""
+        if not isinstance(trajectories, list) or any(not isinstance(t, list) for t in trajectories):
+            raise ValueError("trajectories must be a list of lists of step strings")
+        if isinstance(questions, str):
+            questions = [questions] * len(trajectories)
+        if not isinstance(questions, list) or len(questions) != len(trajectories):
+            raise ValueError(f"questions must be a string or a list with one per trajectory "
+                             f"({len(trajectories)}), got {type(questions).__name__}")
+        encoded = [self._encode(q, t) for q, t in zip(questions, trajectories)]
+        # each tag's digest; the requests score the tags not seen before (one request per
+        # trajectory, cut after its last new tag; a tag shared by trajectories is scored once)
+        pending: dict[bytes, tuple[int, int]] = {}      # digest -> (request index, position)
+        requests, keys = [], []
+        for ids, positions in encoded:
+            digests = _digests(ids, positions)
+            keys.append(digests)
+            new = [(p, d) for p, d in zip(positions, digests) if d not in self._scores and d not in pending]
+            if new:
+                for p, d in new:
+                    pending[d] = (len(requests), p)
+                last = new[-1][0]
+                requests.append(self.engine.make_request(ids[:last + 1], _ENCODE, generates=False,
+                                                         hidden_positions=[p for p, _ in new]))
+        for r in requests:
+            self.engine.add(r)
+        self.engine.run()
+        new_scores = {}
+        if pending:
+            hidden = torch.stack([requests[i].seqs[0].hidden_states[p] for i, p in pending.values()])
+            columns = self.family.columns
+            kwargs = {"columns": torch.tensor(columns, device=hidden.device)} if columns is not None else {}
+            scores = self.family.probability(self.engine.model.compute_logits(hidden, **kwargs)).tolist()
+            self._head_flops += head_flops(self.engine.model_config, self.family.head, len(pending),
+                                           len(columns) if columns is not None else None)
+            new_scores = dict(zip(pending, scores))
+        out = [[new_scores[d] if d in new_scores else self._scores[d] for d in digests] for digests in keys]
+        for digests, scores in zip(keys, out):     # remember (least recently used forgotten first)
+            for d, score in zip(digests, scores):
+                self._remember(d, score)
+        return out
+
+    def _encode(self, question, steps) -> tuple[list[int], list[int]]:
+        if not isinstance(question, str):
+            raise ValueError(f"a question must be a string, got {type(question).__name__}")
+        check_unicode("question", question)
+        if not steps:
+            raise ValueError("a trajectory has no steps (an empty list)")
+        if any(not isinstance(s, str) for s in steps):
+            bad = next(s for s in steps if not isinstance(s, str))
+            raise ValueError(f"steps must be strings, got {type(bad).__name__}")
+        stripped = [s.strip() for s in steps]
+        if any(not s for s in stripped):
+            raise ValueError(f"step {stripped.index('') + 1} of a trajectory is empty")
+        for s in stripped:
+            check_unicode("step", s)
+        ids, positions = self.family.encode(question, stripped)
+        if positions[-1] >= self.engine.max_model_len:
+            raise ValueError(f"a trajectory needs {positions[-1] + 1} tokens up to its last step tag but "
+                             f"the PRM's context is {self.engine.max_model_len} (the question alone has "
+                             f"{len(self.engine.tokenizer.encode(question))} tokens)")
+        return ids, positions
+
+    def _remember(self, digest: bytes, score: float) -> None:
+        self._scores[digest] = score
+        self._scores.move_to_end(digest)
+        if len(self._scores) > self._score_cache_size:
+            self._scores.popitem(last=False)
+
+    def stats(self) -> dict[str, int]:
+        """The engine's counters (prompt tokens are the PRM's inputs) plus the head's FLOPs."""
+        e = self.engine
+        st = asdict(e.stats)
+        st["flops"] += self._head_flops
+        return {**st, "kv_tokens_in_use": e.scheduler.kv_tokens_in_use, "kv_cache_tokens": e.kv_cache_tokens}
+
+    def reset_stats(self) -> None:
+        self.engine.reset_stats()
+        self._head_flops = 0
+
+
+_ENCODE = SamplingParams(max_tokens=1)
+
+
+def _digests(ids: list[int], positions: list[int]) -> list[bytes]:
+    """A digest of ids[:p + 1] for each p, computed in one pass."""
+    h, out, done = hashlib.blake2b(digest_size=16), [], 0
+    for p in positions:
+        h.update(array("q", ids[done:p + 1]).tobytes())
+        done = p + 1
+        out.append(h.copy().digest())
+    return out
