@@ -1,4 +1,5 @@
-"""Forward-pass FLOPs of the decoder (2 FLOPs per multiply-add), counted for what is computed."""
+"""FLOPs (2 per multiply-add): the decoder's forward pass, counted for what is computed, its heads,
+and the paper's Table 4 view of a study, inference plus pre-training (6 x parameters x tokens)."""
 from __future__ import annotations
 
 from tts_engine.config import ModelConfig
@@ -42,3 +43,8 @@ def head_flops(cfg: ModelConfig, head: str, rows: int, columns: int | None = Non
     if head == "v_head":
         return 2 * h * rows
     return 2 * (h * h + h * cfg.num_labels) * rows
+
+
+def pretraining_flops(parameters: int, tokens: int) -> int:
+    """Kaplan's 6 x N x D, as the paper's Table 4 counts a model's training."""
+    return 6 * parameters * tokens

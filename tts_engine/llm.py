@@ -187,7 +187,7 @@ class LLM:
         if r.params.prompt_logprobs is not None:
             prompt_logprobs = [None] + self._logprobs(self.engine.prompt_logprobs(r)[1:], r.params)
         return RequestOutput(str(r.request_id), r.prompt, r.prompt_token_ids, prompt_logprobs, outs,
-                             num_cached_tokens=sum(s.num_cached_prompt_tokens for s in r.seqs))
+                             num_cached_tokens=sum(s.num_cached_prompt_tokens for s in r.seqs), work=r.work())
 
     def _logprobs(self, entries: list[dict[int, tuple[float, int]]] | None, params: SamplingParams):
         if entries is None:

@@ -37,6 +37,7 @@ from tts_engine.sampling_params import SamplingParams, check_unicode
 from tts_engine.tokenizer import Tokenizer
 
 KINDS = ("math-shepherd", "rlhflow", "skywork", "qwen2.5-math-prm")
+WORK_KEYS = ("prompt_tokens", "cached_tokens", "computed_tokens", "generated_tokens", "flops", "saved_flops")
 QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 RLHFLOW_PLACEHOLDER = "<|reserved_special_token_0|>"
 
@@ -196,9 +197,10 @@ class PRM:
         self._score_cache_size = score_cache_size
         self._head_flops = 0
 
-    def score(self, questions: str | list[str], trajectories: list[list[str]]) -> list[list[float]]:
+    def score(self, questions: str | list[str], trajectories: list[list[str]], return_work: bool = False):
         """One score in [0, 1] per step of each trajectory. questions: one shared string, or one per
-        trajectory. All trajectories go through the engine together."""
+        trajectory. All trajectories go through the engine together. With return_work, also what
+        each trajectory cost (its request's tokens and FLOPs, and the head on its new tags)."""
         if not isinstance(trajectories, list) or any(not isinstance(t, list) for t in trajectories):
             raise ValueError("trajectories must be a list of lists of step strings")
         if isinstance(questions, str):
@@ -210,11 +212,12 @@ class PRM:
         # each tag's digest; the requests score the tags not seen before (one request per
         # trajectory, cut after its last new tag; a tag shared by trajectories is scored once)
         pending: dict[bytes, tuple[int, int]] = {}      # digest -> (request index, position)
-        requests, keys = [], []
+        requests, keys, request_of = [], [], []
         for ids, positions in encoded:
             digests = _digests(ids, positions)
             keys.append(digests)
             new = [(p, d) for p, d in zip(positions, digests) if d not in self._scores and d not in pending]
+            request_of.append((len(requests), len(new)) if new else None)
             if new:
                 for p, d in new:
                     pending[d] = (len(requests), p)
@@ -237,7 +240,19 @@ class PRM:
         for digests, scores in zip(keys, out):     # remember (least recently used forgotten first)
             for d, score in zip(digests, scores):
                 self._remember(d, score)
-        return out
+        if not return_work:
+            return out
+        works = []
+        for entry in request_of:
+            work = dict.fromkeys(WORK_KEYS, 0)
+            if entry is not None:
+                index, tags = entry
+                work = requests[index].work()
+                columns = self.family.columns
+                work["flops"] += head_flops(self.engine.model_config, self.family.head, tags,
+                                            len(columns) if columns is not None else None)
+            works.append(work)
+        return out, works
 
     def _encode(self, question, steps) -> tuple[list[int], list[int]]:
         if not isinstance(question, str):
@@ -272,6 +287,13 @@ class PRM:
         st = asdict(e.stats)
         st["flops"] += self._head_flops
         return {**st, "kv_tokens_in_use": e.scheduler.kv_tokens_in_use, "kv_cache_tokens": e.kv_cache_tokens}
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix and remembered score (a study does this between methods, so
+        that each one's FLOPs are its own)."""
+        self.engine.reset_prefix_cache()
+        self._scores.clear()
+        return True
 
     def reset_stats(self) -> None:
         self.engine.reset_stats()

@@ -195,10 +195,17 @@ class Engine:
         return len(finished)
 
     def _count(self, batch: ScheduledBatch, head_rows: int) -> None:
-        spans = [(s.num_computed - 1, s.num_computed) for s in batch.decode]
-        spans += [(c.start, c.end) for c in batch.prefill]
-        # (a caller that applies the head to kept hidden states counts those FLOPs itself)
-        self.stats.flops += forward_flops(self.model_config, spans, head_rows)
+        """FLOPs of the step, in all and per sequence (a request's work is its sequences'). A caller
+        that applies the head to kept hidden states counts those FLOPs itself."""
+        cfg, total = self.model_config, 0
+        for seq in batch.decode:
+            seq.flops += (f := forward_flops(cfg, [(seq.num_computed - 1, seq.num_computed)], 1))
+            total += f
+        for c in batch.prefill:
+            c.seq.flops += (f := forward_flops(cfg, [(c.start, c.end)], int(c.samples)))
+            c.seq.computed_tokens += c.end - c.start
+            total += f
+        self.stats.flops += total
         self.stats.steps += 1
 
     def _sample(self, logits: torch.Tensor, processed: torch.Tensor | None, seqs: list[Sequence]) -> None:
@@ -287,6 +294,7 @@ class Engine:
             seq.finish_reason, seq.stop_reason = "stop", stop
 
     def _finish(self, seq: Sequence) -> None:
+        seq.saved_flops = forward_flops(self.model_config, [(0, seq.num_cached_prompt_tokens)], 0)
         if seq.generates and seq.params.detokenize and not isinstance(seq.stop_reason, str):
             seq.text = self.tokenizer.decode(seq.output_token_ids, seq.params.skip_special_tokens)
         self.scheduler.finish(seq)
@@ -310,6 +318,7 @@ class Engine:
                 cols += [top, values - lse[:, None]]
             rows = torch.cat([c.double() for c in cols], 1)
             self.stats.flops += lm_head_flops(self.model_config, hi - lo)
+            seq.flops += lm_head_flops(self.model_config, hi - lo)
             for j, row in enumerate(rows.double().tolist()):
                 entry = {ids[lo + 1 + j]: (row[0], int(row[1]))}
                 for r in range(k):

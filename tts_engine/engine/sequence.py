@@ -47,6 +47,9 @@ class Sequence:
         self.admitted = False            # admitted at least once (prompt stats are counted then)
         self.num_preemptions = 0
         self.num_cached_prompt_tokens = 0
+        self.computed_tokens = 0         # prompt tokens computed for it (after a preemption too)
+        self.flops = 0                   # forward FLOPs spent on it (flops.py)
+        self.saved_flops = 0             # what its cached prompt prefix would have cost
         # Sampling state: a private generator per sample makes its draws independent of the batch.
         self.rng = random.Random(seed)
         self.cumulative_logprob = 0.0
@@ -102,3 +105,13 @@ class Request:
     prompt_token_ids: list[int]
     params: SamplingParams
     seqs: list[Sequence] = field(default_factory=list)
+
+    def work(self) -> dict[str, int]:
+        """What the engine spent on this request: prompt tokens (each sample's), those served from
+        the cache and those computed (recomputation after preemption included), tokens generated, FLOPs."""
+        return {"prompt_tokens": len(self.prompt_token_ids) * len(self.seqs),
+                "cached_tokens": sum(s.num_cached_prompt_tokens for s in self.seqs),
+                "computed_tokens": sum(s.computed_tokens for s in self.seqs),
+                "generated_tokens": sum(s.num_output_tokens for s in self.seqs),
+                "flops": sum(s.flops for s in self.seqs),
+                "saved_flops": sum(s.saved_flops for s in self.seqs)}

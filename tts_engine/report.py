@@ -1,0 +1,95 @@
+"""A study's summary from its results rows: accuracy with a Wilson 95% interval, FLOPs and tokens per
+(policy, PRM, method, N, aggregation rule, difficulty bin), the printed table, and the
+accuracy-against-FLOPs plot."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+BIN_ORDER = ("all", "easy", "medium", "hard")
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """The Wilson score interval of a proportion: on a few hundred problems, method differences are
+    often within it."""
+    if n == 0:
+        return [0.0, 0.0]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def summarize(rows: list[dict], pretraining: dict[str, int]) -> list[dict]:
+    """rows: results.jsonl rows (with "difficulty"); pretraining: model name -> pre-training FLOPs."""
+    groups: dict[tuple, list[tuple[dict, str]]] = defaultdict(list)
+    for r in rows:
+        for rule in r["correct"]:
+            for b in ("all", r.get("difficulty")):
+                if b is not None:
+                    groups[(r["policy"], r["prm"], r["method"], r["n"], rule, b)].append((r, rule))
+    out = []
+    for (policy, prm, method, n, rule, b), members in groups.items():
+        k = sum(int(r["correct"][rule]) for r, _ in members)
+        inference = sum(r["flops"]["policy"] + r["flops"]["prm"] for r, _ in members)
+        out.append({
+            "policy": policy, "prm": prm, "method": method, "n": n, "aggregation": rule, "difficulty": b,
+            "problems": len(members), "accuracy": k / len(members), "accuracy_ci95": wilson(k, len(members)),
+            "flops_inference": inference,
+            "flops_total": inference + pretraining.get(policy, 0) + (pretraining.get(prm, 0) if prm else 0),
+            "tokens": sum(r["tokens"]["policy"] + r["tokens"]["prm"] for r, _ in members),
+            "seconds": sum(r["seconds"] for r, _ in members)})
+    out.sort(key=lambda x: (x["policy"], x["prm"] or "", BIN_ORDER.index(x["difficulty"]), x["method"],
+                            x["n"], x["aggregation"]))
+    return out
+
+
+def table(summary: list[dict], rules: tuple[str, ...] = ("majority", "prm_last_max", "prm_last_vote", "table")
+          ) -> str:
+    """The printed table (all problems; the main aggregation rules)."""
+    lines = [f"{'policy':<18}{'prm':<18}{'method':<16}{'N':>4} {'aggregation':<14}{'bin':<7}{'probs':>6}"
+             f"{'accuracy':>9}  {'95% CI':<13}{'FLOPs/problem':>14}{'FLOPs total':>13}"]
+    for s in summary:
+        if s["aggregation"] not in rules:
+            continue
+        lo, hi = s["accuracy_ci95"]
+        lines.append(f"{s['policy'][:17]:<18}{(s['prm'] or '-')[:17]:<18}{s['method']:<16}{s['n']:>4} "
+                     f"{s['aggregation']:<14}{s['difficulty']:<7}{s['problems']:>6}{s['accuracy']:>9.3f}  "
+                     f"[{lo:.2f}, {hi:.2f}]  {s['flops_inference'] / s['problems']:>13.3g}"
+                     f"{s['flops_total']:>13.3g}")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], path: str) -> None:
+    """Accuracy against inference FLOPs per problem (log x): a line per policy x method x aggregation
+    through its N, each policy's CoT a point, 95% intervals as error bars; a panel per bin."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    bins = [b for b in BIN_ORDER if any(s["difficulty"] == b for s in summary)]
+    fig, axes = plt.subplots(1, len(bins), figsize=(5 * len(bins), 4.5), squeeze=False)
+    for ax, b in zip(axes[0], bins):
+        lines: dict[tuple, list[dict]] = defaultdict(list)
+        for s in summary:
+            if s["difficulty"] == b:
+                lines[(s["policy"], s["prm"], s["method"], s["aggregation"])].append(s)
+        for (policy, prm, method, rule), pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
+            pts.sort(key=lambda s: s["n"])
+            x = [s["flops_inference"] / s["problems"] for s in pts]
+            y = [s["accuracy"] for s in pts]
+            err = [[s["accuracy"] - s["accuracy_ci95"][0] for s in pts],
+                   [s["accuracy_ci95"][1] - s["accuracy"] for s in pts]]
+            label = f"{policy} CoT" if method == "cot" else f"{policy} {method} {rule}"
+            ax.errorbar(x, y, yerr=err, marker="o" if method == "cot" else ".", capsize=2, label=label,
+                        linestyle="none" if method == "cot" else "-", markersize=7 if method == "cot" else 4)
+        ax.set_xscale("log")
+        ax.set_title(f"difficulty: {b}")
+        ax.set_xlabel("inference FLOPs per problem")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=6)
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(labels) / 3), 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,51 @@
+"""Whole-solution strategies. CoT: one greedy sample. Best-of-N: N samples in one request per
+problem; each is cut into steps at "\\n\\n" for the PRM, and the answer is chosen over all N
+(length-truncated samples included, as in the paper's code)."""
+from __future__ import annotations
+
+from typing import Callable
+
+from tts_engine.sampling_params import SamplingParams
+from tts_engine.search.aggregate import RULES
+from tts_engine.search.common import STEP_END, ProblemResult, Run, SearchConfig, Trajectory
+from tts_engine.tasks.data import Problem
+
+
+def cot(llm, prm, problems: list[Problem], cfg: SearchConfig,
+        on_result: Callable[[ProblemResult], None] | None = None) -> list[ProblemResult]:
+    return _whole(llm, None, problems, cfg, "cot", on_result)
+
+
+def best_of_n(llm, prm, problems: list[Problem], cfg: SearchConfig,
+              on_result: Callable[[ProblemResult], None] | None = None) -> list[ProblemResult]:
+    return _whole(llm, prm, problems, cfg, "bon", on_result)
+
+
+def _whole(llm, prm, problems, cfg, method, on_result) -> list[ProblemResult]:
+    run = Run(llm, prm, problems, cfg, method)
+    greedy = method == "cot"
+    requests = []
+    for i, prompt in enumerate(run.prompts):
+        params = SamplingParams(n=1 if greedy else cfg.n, temperature=0.0 if greedy else cfg.temperature,
+                                top_p=1.0 if greedy else cfg.top_p, seed=run.seed(i, 0, "root"),
+                                max_tokens=max(1, min(cfg.max_tokens, run.max_len - len(prompt))))
+        requests.append((i, prompt, params))
+    finals: list[list[Trajectory]] = []
+    for (i, _, _), out in zip(requests, run.generate(requests)):
+        finals.append([Trajectory(i, list(c.token_ids), _split(c.text), [],
+                                  "length" if c.finish_reason == "length" else "eos") for c in out.outputs])
+    if prm is not None:
+        run.score([t for ts in finals for t in ts])
+    results = []
+    for i, trajectories in enumerate(finals):
+        results.append(run.result(i, trajectories, rules=("majority",) if greedy else RULES))
+        if on_result is not None:
+            on_result(results[-1])
+    return results
+
+
+def _split(text: str) -> list[str]:
+    """Steps of a whole solution: its "\\n\\n"-separated pieces, each ending in the separator but the last."""
+    pieces = [p for p in text.split(STEP_END)]
+    steps = [p + STEP_END for p in pieces[:-1]] + [pieces[-1]]
+    return [s for s in steps if s.strip()]

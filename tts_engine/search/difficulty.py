@@ -1,0 +1,51 @@
+"""Problem difficulty (the paper's absolute bins): the policy's pass@1 over 16 samples, easy above
+50%, medium 10-50%, hard below 10%. Without gold answers, the same bins of the PRM's mean final
+score over those samples stand in, so compute-optimal selection works on unseen problems."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tts_engine.search.best_of_n import best_of_n
+from tts_engine.search.common import SearchConfig
+from tts_engine.tasks.data import Problem
+from tts_engine.tasks.grading import grade
+
+BINS = ("easy", "medium", "hard")
+
+
+def bin_of(rate: float) -> str:
+    return "easy" if rate > 0.5 else "medium" if rate >= 0.1 else "hard"
+
+
+@dataclass
+class Difficulty:
+    id: str
+    pass1: float          # the policy's accuracy over its samples
+    prm_mean: float       # the PRM's mean last-step score over the same samples
+
+    @property
+    def bin(self) -> str:
+        return bin_of(self.pass1)
+
+    @property
+    def estimated_bin(self) -> str:
+        return bin_of(self.prm_mean)
+
+
+def estimate(llm, prm, problems: list[Problem], cfg: SearchConfig, samples: int = 16,
+             on_result=None) -> list[Difficulty]:
+    """Sample each problem `samples` times (cfg's temperature; its own seeds) and score the samples."""
+    out = []
+
+    def measured(result):
+        problem = next(p for p in problems if p.id == result.id)
+        correct = [grade(c.answer, problem.answer) for c in result.candidates]
+        last = [c.step_scores[-1] if c.step_scores else 0.0 for c in result.candidates]
+        d = Difficulty(result.id, sum(correct) / len(correct), sum(last) / len(last))
+        out.append(d)
+        if on_result is not None:
+            on_result(d, result)
+
+    # its own seeds (not best-of-N's), so that its samples are its own
+    best_of_n(llm, prm, problems, replace(cfg, n=samples, seed=cfg.seed + 7919), on_result=measured)
+    return out
