@@ -44,7 +44,8 @@ def skywork_smollm2(folder: str) -> None:
     tok = Tokenizer.load(ckpt)
     tok._tok.save(os.path.join(folder, "tokenizer.json"))
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": tok.bos_token, "eos_token": tok.eos_token, "chat_template": tok.chat_template}, f)
+        json.dump({"bos_token": tok.bos_token, "eos_token": tok.eos_token,
+                   "chat_template": tok.chat_template}, f)
 
 
 def step_text(rng: random.Random) -> str:

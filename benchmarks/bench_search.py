@@ -49,7 +49,8 @@ class NaivePolicy:
         for prompt, p in zip(prompts, params):          # a request at a time, n samples each
             ids = prompt["prompt_token_ids"]
             torch.manual_seed(p.seed % (1 << 31))
-            seqs = self.model.generate(torch.tensor([ids]), do_sample=True, temperature=p.temperature, top_p=p.top_p,
+            seqs = self.model.generate(torch.tensor([ids]), do_sample=True, temperature=p.temperature,
+                                       top_p=p.top_p,
                                        top_k=0, num_return_sequences=p.n, max_new_tokens=p.max_tokens,
                                        stop_strings=p.stop or None, tokenizer=self.hf_tok, pad_token_id=pad)
             completions = []
@@ -93,7 +94,8 @@ class NaivePRM:
             ids, positions = self.family.encode(q, [s.strip() for s in steps])
             hidden = self.model(torch.tensor([ids])).last_hidden_state[0, positions]
             scores.append(torch.sigmoid(self.head(hidden))[:, 0].tolist())
-            self.flops += forward_flops(self.cfg, [(0, len(ids))], 0) + head_flops(self.cfg, "v_head", len(positions))
+            self.flops += (forward_flops(self.cfg, [(0, len(ids))], 0)
+                           + head_flops(self.cfg, "v_head", len(positions)))
             self.tokens += len(ids)
         return (scores, [None] * len(scores)) if return_work else scores
 
@@ -147,8 +149,8 @@ def main():
         t = time.perf_counter()
         theirs = beam_search(naive_policy, naive_prm, problems, cfg)
         theirs_s = time.perf_counter() - t
-        work = {side: {k: sum(getattr(r, f"{side}_work")[k] for r in ours) for k in ("computed_tokens",
-                                                                                  "generated_tokens", "flops")}
+        keys = ("computed_tokens", "generated_tokens", "flops")
+        work = {side: {k: sum(getattr(r, f"{side}_work")[k] for r in ours) for k in keys}
                 for side in ("policy", "prm")}
         unique = unique_tokens(prm.family, recorded.scored)
     acc = lambda results: sum(r.correct["prm_last_max"] for r in results) / len(results)   # noqa: E731
@@ -161,9 +163,10 @@ def main():
     print(f"{'tts-engine':<34}{ours_s:>9.1f}{our_tokens:>17}{our_flops / 1e12:>9.2f}{acc(ours):>10.2f}")
     print(f"{'transformers, naive':<34}{theirs_s:>9.1f}{naive_policy.tokens + naive_prm.tokens:>17}"
           f"{(naive_policy.flops + naive_prm.flops) / 1e12:>9.2f}{acc(theirs):>10.2f}")
-    print(f"speed-up {theirs_s / ours_s:.2f}x; PRM computed {work['prm']['computed_tokens']} tokens for {unique} "
-          f"unique ({work['prm']['computed_tokens'] / unique:.3f}x); policy generated "
-          f"{work['policy']['generated_tokens']} tokens, computed {work['policy']['computed_tokens']} prompt tokens")
+    prm_tokens, policy = work["prm"]["computed_tokens"], work["policy"]
+    print(f"speed-up {theirs_s / ours_s:.2f}x; PRM computed {prm_tokens} tokens for {unique} unique "
+          f"({prm_tokens / unique:.3f}x); policy generated {policy['generated_tokens']} tokens, "
+          f"computed {policy['computed_tokens']} prompt tokens")
 
 
 if __name__ == "__main__":
