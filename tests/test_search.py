@@ -197,3 +197,27 @@ def test_beam_search_result_does_not_depend_on_the_batch(smollm2):
     assert [c.text for c in alone.candidates] == [c.text for c in batch.candidates]
     assert alone.answers == batch.answers and alone.candidates
     assert alone.policy_work["generated_tokens"] > 0 and alone.policy_work["cached_tokens"] > 0
+
+
+def test_a_stop_string_inside_a_token_does_not_leak_into_the_next_step():
+    """A vocabulary with a token "\\n\\nThe": the stop string "\\n\\n" ends inside it, the step's text
+    stops there, and the trajectory's tokens must too (else the next step starts after "The")."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+
+    from tts_engine.search.common import Run
+    from tts_engine.tokenizer import Tokenizer
+    merges = [("Ċ", "Ċ"), ("T", "h"), ("Th", "e"), ("ĊĊ", "The")]
+    vocab = {c: i for i, c in enumerate("123+=ĠĊThe")}
+    vocab.update({a + b: len(vocab) + i for i, (a, b) in enumerate(merges)})
+    hf = HFTokenizer(models.BPE(vocab, merges))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    hf.decoder = decoders.ByteLevel()
+    tok = Tokenizer(hf)
+    generated = tok.encode("1 + 2 = 3\n\nThe", add_special_tokens=False)
+    assert tok.decode(generated[-1:]) == "\n\nThe"
+    run = Run.__new__(Run)
+    run.tokenizer = tok
+    step = CompletionOutput(0, "1 + 2 = 3\n\n", generated, None, None, "stop", "\n\n")
+    assert tok.decode(run._step_tokens(step)) == "1 + 2 = 3\n\n"
+    whole = CompletionOutput(0, "1 + 2 = 3\n\nThe", generated, None, None, "length", None)
+    assert run._step_tokens(whole) == generated

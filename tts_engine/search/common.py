@@ -87,7 +87,7 @@ class Run:
 
     def __init__(self, llm, prm, problems: list[Problem], cfg: SearchConfig, method: str):
         self.llm, self.prm, self.problems, self.cfg, self.method = llm, prm, problems, cfg, method
-        tok = llm.get_tokenizer()
+        self.tokenizer = tok = llm.get_tokenizer()
         self.prompts = [prompt_ids(tok, p.problem, cfg.prompt_style) for p in problems]
         self.max_len = llm.engine.max_model_len
         self.policy_work = [zero_work() for _ in problems]
@@ -148,9 +148,18 @@ class Run:
                 done = "answer"
             elif len(parent.steps) + 1 >= self.cfg.max_steps:
                 done = "max_steps"
-            out.append(Trajectory(parent.problem, parent.tokens + list(c.token_ids), parent.steps + [c.text],
+            out.append(Trajectory(parent.problem, parent.tokens + self._step_tokens(c), parent.steps + [c.text],
                                   list(parent.scores), done))
         return out
+
+    def _step_tokens(self, c) -> list[int]:
+        """A step's token ids. When the stop string ended inside the last token (a vocabulary that
+        merges "\n\n" with the text after it), those ids hold text beyond the step: the step's own
+        text is encoded again instead, so that the next step starts where this one's text ends."""
+        ids = list(c.token_ids)
+        if isinstance(c.stop_reason, str) and self.tokenizer.decode(ids, skip_special_tokens=True) != c.text:
+            return self.tokenizer.encode(c.text, add_special_tokens=False)
+        return ids
 
     def score(self, trajectories: list[Trajectory]) -> None:
         """The PRM's step scores for each trajectory (one batched call; it computes only new steps)."""
