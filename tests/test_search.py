@@ -17,8 +17,14 @@ from tts_engine.tasks import Problem, extract_answer, grade, load_dataset
 # ---------------------------------------------------------------- scripted policy and PRM
 
 class ScriptedTokenizer:
+    def __init__(self, texts: dict[int, str]):
+        self.texts = texts
+
     def encode(self, text, add_special_tokens=True):
         return [0]                       # every prompt is one token; steps carry their own ids
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(self.texts[i] for i in ids)
 
 
 class ScriptedLLM:
@@ -30,10 +36,11 @@ class ScriptedLLM:
         self.script = script
         self.vocab: list[str] = []
         self.requests: list[tuple[tuple[str, ...], int]] = []
+        self.texts: dict[int, str] = {}           # a step token's text
         self.engine = type("E", (), {"max_model_len": 10_000})()
 
     def get_tokenizer(self):
-        return ScriptedTokenizer()
+        return ScriptedTokenizer(self.texts)
 
     def _id(self, step: str) -> int:
         if step not in self.vocab:
@@ -53,6 +60,7 @@ class ScriptedLLM:
                 reason = "length" if "LEN" in step else "stop"
                 stop = None if "EOS" in step or reason == "length" else "\n\n"
                 text += "\n\n" if stop else ""
+                self.texts[self._id(step)] = text
                 completions.append(CompletionOutput(k, text, [self._id(step)], 0.0, None, reason, stop))
             outs.append(RequestOutput("0", None, prompt["prompt_token_ids"], None, completions))
         return outs
