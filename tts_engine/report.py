@@ -36,7 +36,11 @@ def summarize(rows: list[dict], pretraining: dict[str, int]) -> list[dict]:
             "policy": policy, "prm": prm, "method": method, "n": n, "aggregation": rule, "difficulty": b,
             "problems": len(members), "accuracy": k / len(members), "accuracy_ci95": wilson(k, len(members)),
             "flops_inference": inference,
-            "flops_total": inference + pretraining.get(policy, 0) + (pretraining.get(prm, 0) if prm else 0),
+            # the paper's Table 4: the policy's pre-training plus inference (policy and PRM); the
+            # PRM's own training is reported beside it, not in it (a PRM is trained once and serves
+            # every policy, as Qwen2.5-Math-PRM-7B serves the paper's 1B-72B policies)
+            "flops_total": inference + pretraining.get(policy, 0),
+            "flops_total_with_prm": inference + pretraining.get(policy, 0) + pretraining.get(prm, 0),
             "tokens": sum(r["tokens"]["policy"] + r["tokens"]["prm"] for r, _ in members),
             "seconds": sum(r["seconds"] for r, _ in members)})
     out.sort(key=lambda x: (x["policy"], x["prm"] or "", BIN_ORDER.index(x["difficulty"]), x["method"],
@@ -48,7 +52,8 @@ def table(summary: list[dict], rules: tuple[str, ...] = ("majority", "prm_last_m
           ) -> str:
     """The printed table (all problems; the main aggregation rules)."""
     lines = [f"{'policy':<18}{'prm':<18}{'method':<16}{'N':>4} {'aggregation':<14}{'bin':<7}{'probs':>6}"
-             f"{'accuracy':>9}  {'95% CI':<13}{'FLOPs/problem':>14}{'FLOPs total':>13}"]
+             f"{'accuracy':>9}  {'95% CI':<13}{'FLOPs/problem':>14}{'FLOPs total':>13}"
+             f"{'+PRM train':>12}"]
     for s in summary:
         if s["aggregation"] not in rules:
             continue
@@ -56,8 +61,28 @@ def table(summary: list[dict], rules: tuple[str, ...] = ("majority", "prm_last_m
         lines.append(f"{s['policy'][:17]:<18}{(s['prm'] or '-')[:17]:<18}{s['method']:<16}{s['n']:>4} "
                      f"{s['aggregation']:<14}{s['difficulty']:<7}{s['problems']:>6}{s['accuracy']:>9.3f}  "
                      f"[{lo:.2f}, {hi:.2f}]  {s['flops_inference'] / s['problems']:>13.3g}"
-                     f"{s['flops_total']:>13.3g}")
+                     f"{s['flops_total']:>13.3g}{s['flops_total_with_prm']:>12.3g}")
     return "\n".join(lines)
+
+
+def headline(summary: list[dict]) -> list[str]:
+    """The paper's comparison on all problems: each policy's CoT, and each searched policy's best
+    method (any N and rule) against every other policy's CoT, in accuracy and total FLOPs."""
+    rows = [s for s in summary if s["difficulty"] == "all"]
+    cot = {s["policy"]: s for s in rows if s["method"] == "cot"}
+    lines = [f"CoT of {p}: accuracy {s['accuracy']:.3f}, total FLOPs {s['flops_total']:.3g}"
+             for p, s in cot.items()]
+    for policy in sorted({s["policy"] for s in rows if s["method"] != "cot"}):
+        mine = [s for s in rows if s["policy"] == policy and s["method"] not in ("cot", "compute-optimal")]
+        best = max(mine, key=lambda s: (s["accuracy"], -s["flops_total"]))
+        line = (f"best search of {policy}: {best['method']} N={best['n']} {best['aggregation']}, accuracy "
+                f"{best['accuracy']:.3f}, total FLOPs {best['flops_total']:.3g}")
+        for other, s in cot.items():
+            if other != policy:
+                line += (f"; vs CoT of {other}: {best['accuracy'] - s['accuracy']:+.3f} accuracy at "
+                         f"{best['flops_total'] / s['flops_total']:.2f}x its total FLOPs")
+        lines.append(line)
+    return lines
 
 
 def plot(summary: list[dict], path: str) -> None:
@@ -77,8 +102,9 @@ def plot(summary: list[dict], path: str) -> None:
             pts.sort(key=lambda s: s["n"])
             x = [s["flops_inference"] / s["problems"] for s in pts]
             y = [s["accuracy"] for s in pts]
-            err = [[s["accuracy"] - s["accuracy_ci95"][0] for s in pts],
-                   [s["accuracy_ci95"][1] - s["accuracy"] for s in pts]]
+            # (clamped: at 0% or 100% the interval's far end can sit a rounding error past the point)
+            err = [[max(0.0, s["accuracy"] - s["accuracy_ci95"][0]) for s in pts],
+                   [max(0.0, s["accuracy_ci95"][1] - s["accuracy"]) for s in pts]]
             label = f"{policy} CoT" if method == "cot" else f"{policy} {method} {rule}"
             ax.errorbar(x, y, yerr=err, marker="o" if method == "cot" else ".", capsize=2, label=label,
                         linestyle="none" if method == "cot" else "-", markersize=7 if method == "cot" else 4)

@@ -10,6 +10,10 @@ policy, PRM, method, N, aggregation rule and difficulty bin), the same table pri
 OUT/accuracy_vs_flops.png. Difficulty bins come from each policy's pass@1 over 16 samples (cached in
 OUT/difficulty.jsonl); compute-optimal picks, per estimated bin and N, the best method and rule on a
 calibration half of the problems and reports the other half.
+
+With no model and dataset arguments it runs the toy world's study (tts_engine.toy): the shipped small
+and large policies with CoT, and the small one with the shipped PRM and best-of-N, beam search and
+DVTS at N = 4, 16, 64, over 320 chain-arithmetic problems of mixed difficulty.
 """
 from __future__ import annotations
 
@@ -18,18 +22,19 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import replace
 
 from tqdm import tqdm
 
 from tts_engine.flops import pretraining_flops
 from tts_engine.loader import read_json, resolve_model_path
-from tts_engine.report import plot, summarize, table
-from tts_engine.search import METHODS, SearchConfig
+from tts_engine.replica import Replica, Settings, Unit, model_name
+from tts_engine.report import headline, plot, summarize, table
+from tts_engine.search import SearchConfig
 from tts_engine.search.compute_optimal import apply_table, calibration, choose_table
-from tts_engine.search.difficulty import bin_of, estimate
+from tts_engine.search.difficulty import bin_of
 from tts_engine.tasks import load_dataset
-from tts_engine.tasks.prompts import STYLES, style_for
+from tts_engine.tasks.prompts import STYLES
 
 ALL_METHODS = ("cot", "bon", "beam", "dvts", "compute-optimal")
 NEEDS_PRM = {"bon", "beam", "dvts", "compute-optimal"}
@@ -41,11 +46,15 @@ class UsageError(Exception):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m tts_engine.run", description=__doc__.split("\n")[0])
-    ap.add_argument("--policy", nargs="+", help="policy model folders (or .gguf, or pkg:<package>)")
+    ap.add_argument("--policy", nargs="+", help="policy model folders (or .gguf, or pkg:<package>); "
+                    "with no --policy, --prm and --dataset: the toy world's study")
     ap.add_argument("--prm", nargs="+", default=[], help="PRM folders")
     ap.add_argument("--prm-kind", default="auto", help="PRM family: auto, math-shepherd, rlhflow, ...")
     ap.add_argument("--dataset", help="a JSONL file (problem, answer[, id, level]) or a cached HF dataset")
-    ap.add_argument("--method", nargs="+", default=["cot", "bon", "beam", "dvts"], choices=ALL_METHODS)
+    ap.add_argument("--method", nargs="+", choices=ALL_METHODS,
+                    help="default: cot bon beam dvts (the toy study adds compute-optimal)")
+    ap.add_argument("--cot-only", nargs="+", default=[], metavar="DIR",
+                    help="policies (of --policy) that run CoT only, as baselines")
     ap.add_argument("--n", nargs="+", type=int, default=[4, 16, 64], help="budgets N")
     ap.add_argument("--out", default="tts_study", help="output folder")
     ap.add_argument("--limit", type=int, help="the first K problems only")
@@ -53,9 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--beam-width", type=int, default=4)
-    ap.add_argument("--max-steps", type=int, default=40)
-    ap.add_argument("--step-tokens", type=int, default=2048)
-    ap.add_argument("--max-tokens", type=int, default=8192, help="per solution for CoT and best-of-N")
+    ap.add_argument("--max-steps", type=int, help="default 40 (toy: 12)")
+    ap.add_argument("--step-tokens", type=int, help="default 2048 (toy: 32)")
+    ap.add_argument("--max-tokens", type=int,
+                    help="per solution for CoT and best-of-N; default 8192 (toy: 200)")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--prompt-style", default="auto", choices=STYLES)
@@ -66,13 +76,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--chunk", type=int, help="problems per batch (default: 64 for CoT, 256 / N otherwise)")
     ap.add_argument("--policy-memory", type=float, default=0.45, help="policy's gpu_memory_utilization")
     ap.add_argument("--prm-memory", type=float, default=0.45, help="PRM's gpu_memory_utilization")
-    return ap.parse_args(argv)
+    ap.add_argument("--workers", type=int, help="engine replicas as Ray actors (one GPU each when there "
+                    "are GPUs); needs pip install 'tts-engine[ray]'")
+    ap.add_argument("--ray-address", help="join this Ray cluster ('auto': the one this node is in)")
+    args = ap.parse_args(argv)
+    toy = not (args.policy or args.prm or args.dataset)
+    defaults = {"method": ALL_METHODS if toy else ["cot", "bon", "beam", "dvts"],
+                "max_steps": 12 if toy else 40, "step_tokens": 32 if toy else 2048,
+                "max_tokens": 200 if toy else 8192}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.toy = toy
+    return args
+
+
+def toy_study(args: argparse.Namespace) -> None:
+    """The toy world's models, and its study problems written to OUT/toy_problems.jsonl."""
+    from tts_engine import toy
+    from tts_engine.toy.world import study_problems, write_jsonl
+    args.policy = [toy.model_path(toy.SMALL), toy.model_path(toy.LARGE)]
+    args.prm = [toy.model_path(toy.PRM)]
+    args.cot_only = [toy.model_path(toy.LARGE)]
+    os.makedirs(args.out, exist_ok=True)
+    args.dataset = os.path.join(args.out, "toy_problems.jsonl")
+    write_jsonl(args.dataset, study_problems())
 
 
 def check(args: argparse.Namespace):
     """Every input checked before a model is loaded; returns the problems."""
     if not args.policy:
         raise UsageError("--policy is required (one or more model folders)")
+    stray = [p for p in args.cot_only if p not in args.policy]
+    if stray:
+        raise UsageError(f"--cot-only {stray[0]!r} is not one of --policy")
     for path in args.policy + args.prm:
         try:
             resolved = resolve_model_path(path)
@@ -92,6 +129,12 @@ def check(args: argparse.Namespace):
                              f"and DVTS keep N / M beams)")
     if args.chunk is not None and args.chunk < 1:
         raise UsageError(f"--chunk must be >= 1, got {args.chunk}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers or args.ray_address:
+        import importlib.util
+        if importlib.util.find_spec("ray") is None:
+            raise UsageError("--workers and --ray-address need Ray: pip install 'tts-engine[ray]'")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
     if not args.dataset:
@@ -103,10 +146,6 @@ def check(args: argparse.Namespace):
     if not problems:
         raise UsageError(f"dataset {args.dataset!r} has no problems")
     return problems
-
-
-def model_name(path: str) -> str:
-    return os.path.basename(os.path.normpath(path[4:] if path.startswith("pkg:") else path))
 
 
 def load_rows(path: str) -> list[dict]:
@@ -177,109 +216,116 @@ def pretraining(args, names: dict[str, str], models) -> dict[str, int]:
     return out
 
 
-def row_of(result, policy: str, prm: str | None, seconds: float, level) -> dict:
-    r = result.row()
-    work = {"policy": r.pop("policy_work"), "prm": r.pop("prm_work")}
-    return {"policy": policy, "prm": prm, **{k: r[k] for k in ("method", "n", "id")}, "level": level,
-            "answers": r["answers"], "correct": r["correct"],
-            "tokens": {side: w["computed_tokens"] + w["generated_tokens"] for side, w in work.items()},
-            "flops": {"policy": work["policy"]["flops"], "prm": work["prm"]["flops"],
-                      "saved": work["policy"]["saved_flops"] + work["prm"]["saved_flops"]},
-            "work": work, "seconds": seconds, "candidates": r["candidates"]}
+def chunks(kind: str, policy: str, prm: str | None, method: str, cfg: SearchConfig, todo, size: int,
+           samples: int = 0) -> list[Unit]:
+    return [Unit(kind, policy, prm, method, cfg, tuple(todo[i:i + size]), samples)
+            for i in range(0, len(todo), size)]
 
 
-def run_method(llm, prm, problems, cfg: SearchConfig, method: str, results: Results, policy: str,
-               prm_name: str | None, chunk: int | None = None) -> None:
-    todo = [p for p in problems if (policy, prm_name, method, cfg.n, p.id) not in results.done]
-    if not todo:
-        return
-    # each method and budget starts cold, so that its FLOPs are its own and not what another left cached
-    llm.reset_prefix_cache()
-    if prm is not None:
-        prm.reset_prefix_cache()
-    chunk = chunk or (64 if method == "cot" else max(1, 256 // cfg.n))
-    bar = tqdm(total=len(todo), desc=f"{policy} {method} N={cfg.n}", unit="problem", file=sys.stderr)
-    start, tokens = time.perf_counter(), 0
-    for i in range(0, len(todo), chunk):
-        part, t0 = todo[i:i + chunk], time.perf_counter()
-        level = {p.id: p.level for p in part}
+def plan(args, problems, results: Results, difficulty_path: str) -> list[Unit]:
+    """The study's units not done yet, grouped by model in the order a single process runs them:
+    per policy its CoT, then per PRM its difficulty estimate and each method and N."""
+    base = SearchConfig(beam_width=args.beam_width, temperature=args.temperature, top_p=args.top_p,
+                        max_steps=args.max_steps, step_tokens=args.step_tokens, max_tokens=args.max_tokens,
+                        seed=args.seed)
+    search = [m for m in ("bon", "beam", "dvts") if m in args.method or "compute-optimal" in args.method]
+    estimated = {(r["policy"], r["prm"], r["id"]) for r in load_rows(difficulty_path)}
+    units = []
 
-        def done(result, part=part):
-            nonlocal tokens
-            row = row_of(result, policy, prm_name, (time.perf_counter() - t0) / len(part), level[result.id])
-            results.append(row)
-            tokens += row["tokens"]["policy"] + row["tokens"]["prm"]
-            bar.update(1)
-            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - start, 1e-9):.0f} tok/s")
+    def method_units(policy, prm, method, n):
+        key = (model_name(policy), prm and model_name(prm), method, n)
+        todo = [p for p in problems if (*key, p.id) not in results.done]
+        size = args.chunk or (64 if method == "cot" else max(1, 256 // n))
+        return chunks("method", policy, prm, method, replace(base, n=n), todo, size)
 
-        METHODS[method](llm, prm, part, cfg, on_result=done)
-    bar.close()
+    def difficulty_units(policy, prm):
+        if args.difficulty_samples < 1:
+            return []
+        key = (model_name(policy), prm and model_name(prm))
+        todo = [p for p in problems if (*key, p.id) not in estimated]
+        size = max(1, 256 // args.difficulty_samples)
+        return chunks("difficulty", policy, prm, "bon", base, todo, size, args.difficulty_samples)
+
+    for policy in args.policy:
+        if "cot" in args.method:
+            units += method_units(policy, None, "cot", 1)
+        if policy in args.cot_only:
+            continue
+        if not args.prm:
+            units += difficulty_units(policy, None)
+        for prm in args.prm if search else []:
+            units += difficulty_units(policy, prm)
+            units += [u for method in search for n in args.n for u in method_units(policy, prm, method, n)]
+    return units
 
 
-def difficulties(llm, prm, problems, cfg: SearchConfig, samples: int, path: str, policy: str,
-                 prm_name: str | None) -> None:
-    """Each problem's pass@1 and PRM estimate for this policy (and PRM), cached in difficulty.jsonl."""
-    have = {(r["policy"], r["prm"], r["id"]) for r in load_rows(path)}
-    todo = [p for p in problems if (policy, prm_name, p.id) not in have]
-    if not todo or samples < 1:
-        return
-    bar = tqdm(total=len(todo), desc=f"{policy} difficulty", unit="problem", file=sys.stderr)
+class Progress:
+    """Writes each unit's rows as they come back, and keeps the progress bar and each replica's
+    throughput."""
 
-    def done(d, _result):
-        append_row(path, {"policy": policy, "prm": prm_name, **asdict(d)})
-        bar.update(1)
+    def __init__(self, units: list[Unit], results: Results, difficulty_path: str):
+        self.results, self.difficulty_path = results, difficulty_path
+        self.bar = tqdm(total=sum(len(u.problems) for u in units), desc="study", unit="problem",
+                        file=sys.stderr)
+        self.replicas: dict[int, dict] = {}
+        self.start = time.perf_counter()
 
-    for i in range(0, len(todo), max(1, 256 // samples)):
-        estimate(llm, prm, todo[i:i + max(1, 256 // samples)], cfg, samples, on_result=done)
-    bar.close()
+    def __call__(self, unit: Unit, rows: list[dict], replica: int) -> None:
+        stats = self.replicas.setdefault(replica, dict(replica=replica, units=0, problems=0, tokens=0))
+        for row in rows:
+            if unit.kind == "difficulty":
+                append_row(self.difficulty_path, row)
+            else:
+                self.results.append(row)
+                stats["tokens"] += row["tokens"]["policy"] + row["tokens"]["prm"]
+        stats["units"] += 1
+        stats["problems"] += len(unit.problems)
+        self.bar.update(len(unit.problems))
+        self.bar.set_description_str(f"{model_name(unit.policy)} {unit.method} N={unit.cfg.n}")
+        total = sum(r["tokens"] for r in self.replicas.values())
+        self.bar.set_postfix_str(f"{total / max(time.perf_counter() - self.start, 1e-9):.0f} tok/s")
+
+    def throughput(self) -> dict:
+        seconds = time.perf_counter() - self.start
+        rows = [{**r, "tokens_per_s": r["tokens"] / seconds} for _, r in sorted(self.replicas.items())]
+        return {"replicas": rows, "seconds": seconds,
+                "tokens_per_s": sum(r["tokens"] for r in rows) / max(seconds, 1e-9)}
 
 
 def study(args: argparse.Namespace, problems) -> dict:
-    from tts_engine import LLM, PRM
     os.makedirs(args.out, exist_ok=True)
     results = Results(os.path.join(args.out, "results.jsonl"))
     difficulty_path = os.path.join(args.out, "difficulty.jsonl")
-    search_methods = [m for m in ("bon", "beam", "dvts")
-                      if m in args.method or "compute-optimal" in args.method]
+    units = plan(args, problems, results, difficulty_path)
+    settings = Settings(dtype=args.dtype, device=args.device, seed=args.seed, prm_kind=args.prm_kind,
+                        policy_memory=args.policy_memory, prm_memory=args.prm_memory,
+                        prompt_style=args.prompt_style)
+    progress = Progress(units, results, difficulty_path)
+    if args.workers or args.ray_address:
+        from tts_engine.ray_replicas import run_units
+        counts = run_units(units, settings, bool(args.prm), args.workers or 1, args.ray_address, progress,
+                           args.out)
+    else:
+        replica = Replica(settings, uses_prm=bool(args.prm))
+        for unit in units:
+            progress(unit, replica.run(unit), 0)
+        counts = replica.parameters()
+    progress.bar.close()
     names = {p: model_name(p) for p in args.policy + args.prm}
-    parameters: dict[str, int] = {}
-    for policy in args.policy:
-        llm = LLM(policy, dtype=args.dtype, device=args.device, seed=args.seed,
-                  gpu_memory_utilization=args.policy_memory if args.prm else 0.9)
-        parameters[names[policy]] = sum(p.numel() for p in llm.engine.model.parameters())
-        style = args.prompt_style if args.prompt_style != "auto" else \
-            style_for(policy, llm.get_tokenizer().chat_template is not None)
-        base = SearchConfig(beam_width=args.beam_width, temperature=args.temperature, top_p=args.top_p,
-                            max_steps=args.max_steps, step_tokens=args.step_tokens,
-                            max_tokens=args.max_tokens, seed=args.seed, prompt_style=style)
-        if "cot" in args.method:
-            run_method(llm, None, problems, SearchConfig(**{**asdict(base), "n": 1}), "cot", results,
-                       names[policy], None, args.chunk)
-        if not args.prm:
-            difficulties(llm, None, problems, base, args.difficulty_samples, difficulty_path, names[policy],
-                         None)
-        for prm_path in args.prm if search_methods else []:
-            prm = PRM(prm_path, kind=args.prm_kind, dtype=args.dtype, device=args.device,
-                      gpu_memory_utilization=args.prm_memory)
-            parameters[names[prm_path]] = sum(p.numel() for p in prm.engine.model.parameters())
-            difficulties(llm, prm, problems, base, args.difficulty_samples, difficulty_path, names[policy],
-                         names[prm_path])
-            for method in search_methods:
-                for n in args.n:
-                    run_method(llm, prm, problems, SearchConfig(**{**asdict(base), "n": n}), method, results,
-                               names[policy], names[prm_path], args.chunk)
-            del prm
-        del llm
-    return report(args, results.rows, difficulty_path, pretraining(args, names, parameters))
+    pretrain = pretraining(args, names, counts)
+    return report(args, results.rows, difficulty_path, pretrain, progress.throughput())
 
 
-def report(args, rows: list[dict], difficulty_path: str, pretrain: dict[str, int]) -> dict:
-    bins, estimated = {}, {}
+def report(args, rows: list[dict], difficulty_path: str, pretrain: dict[str, int], throughput: dict) -> dict:
+    bins, estimated, first = {}, {}, None
     for d in load_rows(difficulty_path):
         bins.setdefault((d["policy"], d["id"]), bin_of(d["pass1"]))
         estimated[(d["policy"], d["prm"], d["id"])] = bin_of(d["prm_mean"])
+        first = first or d["policy"]
+    # a CoT-only baseline has no estimate of its own: the first searched policy's bins place it, so
+    # that each panel compares methods on the same problems
     ids = {r["id"] for r in rows}
-    rows = [{**r, "difficulty": bins.get((r["policy"], r["id"]))} for r in rows]
+    rows = [{**r, "difficulty": bins.get((r["policy"], r["id"]), bins.get((first, r["id"])))} for r in rows]
     derived, tables = [], []
     if "compute-optimal" in args.method:
         for (policy, prm) in sorted({(r["policy"], r["prm"]) for r in rows if r["prm"]}):
@@ -294,10 +340,15 @@ def report(args, rows: list[dict], difficulty_path: str, pretrain: dict[str, int
                 derived += [{**r, "difficulty": bins.get((policy, r["id"]))}
                             for r in apply_table(table_, mine, held, n)]
     summary = summarize(rows + derived, pretrain)
-    out = {"rows": summary, "compute_optimal": tables, "pretraining_flops": pretrain}
+    out = {"rows": summary, "compute_optimal": tables, "pretraining_flops": pretrain,
+           "throughput": throughput}
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(out, f, indent=1)
     print(table(summary))
+    print("\n" + "\n".join(headline(summary)))
+    for r in throughput["replicas"]:
+        print(f"replica {r['replica']}: {r['problems']} problems, {r['tokens_per_s']:.0f} tokens/s")
+    print(f"all replicas: {throughput['tokens_per_s']:.0f} tokens/s over {throughput['seconds']:.0f} s")
     if tables:
         print("\ncompute-optimal choice (calibration half, estimated difficulty):")
         for t in tables:
@@ -310,6 +361,8 @@ def report(args, rows: list[dict], difficulty_path: str, pretrain: dict[str, int
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.toy:
+            toy_study(args)
         problems = check(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -148,8 +148,8 @@ class Run:
                 done = "answer"
             elif len(parent.steps) + 1 >= self.cfg.max_steps:
                 done = "max_steps"
-            out.append(Trajectory(parent.problem, parent.tokens + self._step_tokens(c), parent.steps + [c.text],
-                                  list(parent.scores), done))
+            out.append(Trajectory(parent.problem, parent.tokens + self._step_tokens(c),
+                                  parent.steps + [c.text], list(parent.scores), done))
         return out
 
     def _step_tokens(self, c) -> list[int]:
