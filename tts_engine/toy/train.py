@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(2)
         train_prm(args.out, args.seed, args.scale)
     elif args.stage == PRM:
+        torch.set_num_threads(2)         # as in "all" (same numerics)
         train_prm(args.out, args.seed, args.scale)
     else:
         train_policy(args.stage, args.out, args.seed, args.scale)
