@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -169,8 +170,8 @@ def greedy_accuracy(folder: str) -> dict[str, float]:
                         use_tqdm=False)
     by_ops: dict[int, list[bool]] = {}
     for c, o in zip(chains, outs):
-        by_ops.setdefault(len(c.ops), []).append(all(check(c.text, split_steps(o.outputs[0].text))) and
-                                                  len(split_steps(o.outputs[0].text)) == len(c.steps))
+        steps = split_steps(o.outputs[0].text)
+        by_ops.setdefault(len(c.ops), []).append(all(check(c.text, steps)) and len(steps) == len(c.steps))
     return {f"ops={k}": round(sum(v) / len(v), 3) for k, v in sorted(by_ops.items())}
 
 
@@ -296,7 +297,8 @@ def train_prm(out: str, seed: int, scale: float = 1.0) -> None:
     config.update(architectures=["Qwen2ForPrmModel"], model_type="qwen2", tie_word_embeddings=False)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
-    toy_tokenizer.save(toy_tokenizer.build(seed), folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):     # its base model's tokenizer
+        shutil.copy(os.path.join(large, name), folder)
     base_info = json.load(open(os.path.join(large, "training.json")))
     held = sample_solutions(small, held_out(), PRM_SAMPLES, seed + 1)
     area, pos, neg = prm_auroc(folder, held)
