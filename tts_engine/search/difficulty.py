@@ -1,6 +1,10 @@
 """Problem difficulty (the paper's absolute bins): the policy's pass@1 over 16 samples, easy above
-50%, medium 10-50%, hard below 10%. Without gold answers, the same bins of the PRM's mean final
-score over those samples stand in, so compute-optimal selection works on unseen problems."""
+50%, medium 10-50%, hard below 10%. Without gold answers, the same bins of the PRM's mean score
+of those samples stand in, so compute-optimal selection works on unseen problems. A sample's score
+is its lowest step score (PRM-Min): a PRM trained on each step's own correctness (the toy PRM)
+scores a final answer step high whenever it repeats the last result, right or wrong, so the last
+step alone would call every problem easy; for a PRM trained on prefix correctness the lowest step
+is at or near the last anyway."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -21,7 +25,7 @@ def bin_of(rate: float) -> str:
 class Difficulty:
     id: str
     pass1: float          # the policy's accuracy over its samples
-    prm_mean: float       # the PRM's mean last-step score over the same samples
+    prm_mean: float       # the PRM's mean solution score (lowest step score) over the same samples
 
     @property
     def bin(self) -> str:
@@ -40,8 +44,8 @@ def estimate(llm, prm, problems: list[Problem], cfg: SearchConfig, samples: int 
     def measured(result):
         problem = next(p for p in problems if p.id == result.id)
         correct = [grade(c.answer, problem.answer) for c in result.candidates]
-        last = [c.step_scores[-1] if c.step_scores else 0.0 for c in result.candidates]
-        d = Difficulty(result.id, sum(correct) / len(correct), sum(last) / len(last))
+        scores = [min(c.step_scores) if c.step_scores else 0.0 for c in result.candidates]
+        d = Difficulty(result.id, sum(correct) / len(correct), sum(scores) / len(scores))
         out.append(d)
         if on_result is not None:
             on_result(d, result)
