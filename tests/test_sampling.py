@@ -13,15 +13,21 @@ from tts_engine.engine import sampler
 from tts_engine.engine.sampler import Sampler
 
 
-def expected_probs(logits: list[float], temperature: float, top_k: int, top_p: float) -> list[float]:
-    """Hand-written reference: softmax(l / T), keep the top k, then the smallest nucleus reaching top_p."""
+def ranked(logits: list[float], temperature: float, top_k: int) -> tuple[list[float], list[int], float]:
+    """Unnormalised probabilities of softmax(l / T), the token ids by falling probability cut to
+    the top k, and their total mass, in float64."""
     z = [l / temperature for l in logits]
     m = max(z)
     p = [math.exp(x - m) for x in z]
     order = sorted(range(len(p)), key=lambda i: -p[i])
     if top_k > 0:
         order = order[:top_k]
-    total = sum(p[i] for i in order)
+    return p, order, sum(p[i] for i in order)
+
+
+def expected_probs(logits: list[float], temperature: float, top_k: int, top_p: float) -> list[float]:
+    """Hand-written reference: softmax(l / T), keep the top k, then the smallest nucleus reaching top_p."""
+    p, order, total = ranked(logits, temperature, top_k)
     kept, mass = [], 0.0
     for i in order:
         if mass >= top_p:
@@ -34,12 +40,7 @@ def expected_probs(logits: list[float], temperature: float, top_k: int, top_p: f
 
 def mass_before(logits: list[float], top_k: int, token: int) -> float:
     """The probability mass (after top-k) of the tokens ranked above `token`, in float64."""
-    m = max(logits)
-    p = [math.exp(x - m) for x in logits]
-    order = sorted(range(len(p)), key=lambda i: -p[i])
-    if top_k > 0:
-        order = order[:top_k]
-    total = sum(p[i] for i in order)
+    p, order, total = ranked(logits, 1.0, top_k)
     return sum(p[i] for i in order[:order.index(token)]) / total
 
 
