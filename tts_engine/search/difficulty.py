@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from tts_engine.search.aggregate import trajectory_score
 from tts_engine.search.best_of_n import best_of_n
 from tts_engine.search.common import SearchConfig
 from tts_engine.tasks.data import Problem
@@ -44,7 +45,7 @@ def estimate(llm, prm, problems: list[Problem], cfg: SearchConfig, samples: int 
     def measured(result):
         problem = next(p for p in problems if p.id == result.id)
         correct = [grade(c.answer, problem.answer) for c in result.candidates]
-        scores = [min(c.step_scores) if c.step_scores else 0.0 for c in result.candidates]
+        scores = [max(0.0, trajectory_score(c.step_scores, "min")) for c in result.candidates]   # none: 0
         d = Difficulty(result.id, sum(correct) / len(correct), sum(scores) / len(scores))
         out.append(d)
         if on_result is not None:

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import torch
 
 from tts_engine.toy import LARGE, MODELS, PRM, SMALL, tokenizer as toy_tokenizer
-from tts_engine.toy.world import (MAX_DIGITS, MAX_OPS, MAX_VALUE, Chain, check, problem_set, sample_chain,
-                                  split_steps)
+from tts_engine.toy.world import (MAX_DIGITS, MAX_OPS, MAX_VALUE, Chain, apply, check, problem_set,
+                                  sample_chain, split_steps)
 
 DEFAULT_OUT = MODELS
 HELD_OUT_SEED = 4321          # the PRM's held-out problems (AUROC); also never trained on
@@ -246,7 +246,7 @@ def corrupted(chain: Chain, rng: random.Random) -> list[str]:
         x = rng.choice(others)
     elif kind == "sign":
         o = "+" if o == "-" else "-"
-    c = a + x if o == "+" else a - x
+    c = apply(a, o, x)
     if kind == "slip" or not 0 <= c <= MAX_VALUE:
         o, x = ops[i], b[i]
         c = v[i + 1] + rng.choice((-11, -10, -9, -2, -1, 1, 2, 9, 10, 11))
@@ -256,7 +256,7 @@ def corrupted(chain: Chain, rng: random.Random) -> list[str]:
     if rng.random() < 0.5:
         return steps
     for j in range(i + 1, len(ops)):
-        nxt = c + b[j] if ops[j] == "+" else c - b[j]
+        nxt = apply(c, ops[j], b[j])
         if not 0 <= nxt <= MAX_VALUE:
             return steps
         steps.append(f"{c} {ops[j]} {b[j]} = {nxt}\n\n")

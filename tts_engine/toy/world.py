@@ -31,6 +31,11 @@ _STEP = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)")
 _ANSWER = re.compile(r"The answer is \\boxed\{(\d+)\}\.")
 
 
+def apply(value: int, op: str, operand: int) -> int:
+    """One step of a chain: value + operand or value - operand."""
+    return value + operand if op == "+" else value - operand
+
+
 @dataclass(frozen=True)
 class Chain:
     operands: tuple[int, ...]        # first value, then one operand per operation
@@ -46,7 +51,7 @@ class Chain:
         """The running value after 0, 1, ... operations."""
         out = [self.operands[0]]
         for o, b in zip(self.ops, self.operands[1:]):
-            out.append(out[-1] + b if o == "+" else out[-1] - b)
+            out.append(apply(out[-1], o, b))
         return out
 
     @property
@@ -78,7 +83,7 @@ def sample_chain(rng: random.Random, ops: int, digits: int) -> Chain:
     for _ in range(ops):
         while True:
             b, sign = rng.randint(lo, hi), rng.choice("+-")
-            new = value + b if sign == "+" else value - b
+            new = apply(value, sign, b)
             if 0 <= new <= MAX_VALUE:
                 break
         value = new
@@ -109,7 +114,7 @@ def check(problem: str, steps: list[str], prefix: bool = True) -> list[bool]:
         if i < len(chain.ops):
             m = _STEP.fullmatch(text)
             a, b = (values[i], chain.operands[i + 1]) if prefix else (last, chain.operands[i + 1])
-            right = a + b if chain.ops[i] == "+" else a - b
+            right = apply(a, chain.ops[i], b)
             good = m is not None and (int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))) == \
                 (a, chain.ops[i], b, right)
             if m is not None:
