@@ -14,10 +14,12 @@ class Spans:
     belongs to decode row b. With group_rows ([spans, max rows], padded with -1) it is a cascade
     level: span j is shared by the rows group_rows[j] and read once for all of them.
     The runner makes new Spans every step; `cache` holds what a backend derives from them once
-    for all layers (the slots gathered by the torch backend, the Triton tile plan)."""
+    for all layers (the slots gathered by the torch backend, the Triton tile plan); `workspace`,
+    one dict the runner passes to all its steps, holds buffers a backend reuses across steps."""
     table_rows: torch.Tensor
     starts: torch.Tensor
     lens: torch.Tensor
     max_len: int
     group_rows: torch.Tensor | None = None
     cache: dict = field(default_factory=dict)
+    workspace: dict = field(default_factory=dict)

@@ -87,6 +87,22 @@ def test_decode_attention(dtype, h, hkv, d):
         assert rel_err(r_out[i], dense_out.reshape(h, d)) < 1e-10
 
 
+def test_reference_reuses_one_workspace_across_steps():
+    """The torch backend gathers K/V into the runner's workspace, shared by every step's spans: a
+    smaller step after a larger one reuses the buffer and gives what fresh buffers give."""
+    kc, vc = make_pool(600, 2, 64, torch.float32)
+    workspace, buffers = {}, set()
+    for lens in ([random.randint(100, 200), random.randint(1, 99), 150], [random.randint(1, 80), 40]):
+        table, rows = slot_table(distinct_slots(lens, 600))
+        spans = lambda ws: Spans(rows, torch.zeros_like(rows), torch.tensor(lens, device=DEVICE),  # noqa: E731
+                                 max(lens), workspace=ws)
+        q = torch.randn(len(lens), 8, 64, device=DEVICE)
+        out = ref.decode_attention(q, kc, vc, table, spans(workspace), 0.125)
+        assert torch.equal(out, ref.decode_attention(q, kc, vc, table, spans({}), 0.125))
+        buffers.add(workspace["k"].data_ptr())
+    assert len(buffers) == 1
+
+
 def test_decode_attention_sliding_window():
     lens = [5, 90]
     kc, vc = make_pool(200, 2, 64, torch.float32)

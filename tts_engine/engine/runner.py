@@ -45,6 +45,7 @@ class ModelRunner:
         self.slot_table[self.pad_row] = self.scratch_slot
         self.graphs: DecodeGraphs | None = None
         self.table_entries_written = 0     # slot-table entries uploaded from the host, in all
+        self.workspace: dict = {}          # the attention backend's buffers, reused step after step
         layers = model.attention_layers()
         if len(layers) != cfg.num_layers:
             raise RuntimeError(f"{len(layers)} attention modules for {cfg.num_layers} layers")
@@ -94,10 +95,11 @@ class ModelRunner:
         for k, groups in enumerate(levels):
             rows_, starts_, lens_, members = level_tensors[4 * k:4 * k + 4]
             cascade.append(Spans(rows_, starts_, lens_, max(g.end - g.start for g in groups),
-                                 members.view(len(groups), -1)))
+                                 members.view(len(groups), -1), workspace=self.workspace))
         meta = AttentionMetadata(
             slot_table=self.slot_table, slot_mapping=slot_map, num_decode=len(batch.decode),
-            decode=Spans(d_rows, d_starts, d_lens, max(lens, default=0)), cascade_levels=cascade or None,
+            decode=Spans(d_rows, d_starts, d_lens, max(lens, default=0), workspace=self.workspace),
+            cascade_levels=cascade or None,
             prefill_rows=p_rows, prefill_q_start=p_start, prefill_q_lens=p_lens, prefill_kv_lens=p_kv,
             prefill_max_q_len=max(q_lens, default=0))
         return ids, pos, meta, sample_rows, keep_rows
