@@ -94,11 +94,12 @@ def test_reference_reuses_one_workspace_across_steps():
     workspace, buffers = {}, set()
     for lens in ([random.randint(100, 200), random.randint(1, 99), 150], [random.randint(1, 80), 40]):
         table, rows = slot_table(distinct_slots(lens, 600))
-        spans = lambda ws: Spans(rows, torch.zeros_like(rows), torch.tensor(lens, device=DEVICE),  # noqa: E731
-                                 max(lens), workspace=ws)
         q = torch.randn(len(lens), 8, 64, device=DEVICE)
-        out = ref.decode_attention(q, kc, vc, table, spans(workspace), 0.125)
-        assert torch.equal(out, ref.decode_attention(q, kc, vc, table, spans({}), 0.125))
+        out, fresh = (ref.decode_attention(q, kc, vc, table, Spans(rows, torch.zeros_like(rows),
+                                                                   torch.tensor(lens, device=DEVICE), max(lens),
+                                                                   workspace=ws), 0.125)
+                      for ws in (workspace, {}))
+        assert torch.equal(out, fresh)
         buffers.add(workspace["k"].data_ptr())
     assert len(buffers) == 1
 
