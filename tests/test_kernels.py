@@ -95,10 +95,9 @@ def test_reference_reuses_one_workspace_across_steps():
     for lens in ([random.randint(100, 200), random.randint(1, 99), 150], [random.randint(1, 80), 40]):
         table, rows = slot_table(distinct_slots(lens, 600))
         q = torch.randn(len(lens), 8, 64, device=DEVICE)
-        lens_ = torch.tensor(lens, device=DEVICE)
-        out, fresh = (ref.decode_attention(q, kc, vc, table, Spans(rows, torch.zeros_like(rows), lens_, max(lens),
-                                                                   workspace=ws), 0.125)
-                      for ws in (workspace, {}))
+        starts, lens_ = torch.zeros_like(rows), torch.tensor(lens, device=DEVICE)
+        out, fresh = (ref.decode_attention(q, kc, vc, table, Spans(rows, starts, lens_, max(lens), workspace=ws),
+                                           0.125) for ws in (workspace, {}))
         assert torch.equal(out, fresh)
         buffers.add(workspace["k"].data_ptr())
     assert len(buffers) == 1
