@@ -95,9 +95,9 @@ def test_reference_reuses_one_workspace_across_steps():
     for lens in ([random.randint(100, 200), random.randint(1, 99), 150], [random.randint(1, 80), 40]):
         table, rows = slot_table(distinct_slots(lens, 600))
         q = torch.randn(len(lens), 8, 64, device=DEVICE)
-        starts, lens_ = torch.zeros_like(rows), torch.tensor(lens, device=DEVICE)
-        out, fresh = (ref.decode_attention(q, kc, vc, table, Spans(rows, starts, lens_, max(lens), workspace=ws),
-                                           0.125) for ws in (workspace, {}))
+        lens_ = torch.tensor(lens, device=DEVICE)
+        spans = [Spans(rows, torch.zeros_like(rows), lens_, max(lens), workspace=ws) for ws in (workspace, {})]
+        out, fresh = (ref.decode_attention(q, kc, vc, table, sp, 0.125) for sp in spans)
         assert torch.equal(out, fresh)
         buffers.add(workspace["k"].data_ptr())
     assert len(buffers) == 1
