@@ -96,7 +96,7 @@ def test_reference_reuses_one_workspace_across_steps():
         table, rows = slot_table(distinct_slots(lens, 600))
         q = torch.randn(len(lens), 8, 64, device=DEVICE)
         lens_ = torch.tensor(lens, device=DEVICE)
-        spans = [Spans(rows, torch.zeros_like(rows), lens_, max(lens), workspace=ws) for ws in (workspace, {})]
+        spans = [Spans(rows, torch.zeros_like(rows), lens_, max(lens), workspace=w) for w in (workspace, {})]
         out, fresh = (ref.decode_attention(q, kc, vc, table, sp, 0.125) for sp in spans)
         assert torch.equal(out, fresh)
         buffers.add(workspace["k"].data_ptr())
