@@ -18,25 +18,21 @@ import torch.nn.functional as F
 from tts_engine.kernels.spans import Spans
 
 
-def gather(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+def gather(cache: torch.Tensor, slots: torch.Tensor, workspace: dict | None = None, name: str = ""
+           ) -> torch.Tensor:
     """cache rows at slots (any shape) -> [*slots.shape, kv_heads, dim]; index_select is several
-    times faster than advanced indexing on the CPU."""
-    return cache.index_select(0, slots.reshape(-1)).view(*slots.shape, *cache.shape[1:])
-
-
-def gather_into(cache: torch.Tensor, slots: torch.Tensor, spans: Spans, name: str) -> torch.Tensor:
-    """gather() into spans.workspace[name], a buffer reused by every layer and step (each layer's
-    K/V are read before the next layer gathers). On the CPU a fresh tensor of tens of MB costs more
-    in page faults than the copy itself: decode attention of 90 rows over 600 slots (SmolLM2's 3 KV
-    heads) took 57 ms a layer with fresh tensors, 30 ms with this buffer (2-core Intel Xeon)."""
-    row = cache[0].numel()
-    n = slots.numel() * row
-    buf = spans.workspace.get(name)
+    times faster than advanced indexing on the CPU. With a workspace, into its buffer `name`, reused
+    by every layer and step (each layer's K/V are read before the next layer gathers): on the CPU a
+    fresh tensor of tens of MB costs more in page faults than the copy itself (decode attention of
+    90 rows over 600 slots, SmolLM2's 3 KV heads: 57 ms a layer fresh, 30 ms reused; Intel Xeon)."""
+    flat, shape = slots.reshape(-1), (*slots.shape, *cache.shape[1:])
+    if workspace is None:
+        return cache.index_select(0, flat).view(shape)
+    n = flat.numel() * cache[0].numel()
+    buf = workspace.get(name)
     if buf is None or buf.numel() < n or buf.dtype != cache.dtype or buf.device != cache.device:
-        buf = spans.workspace[name] = torch.empty(n + n // 4, dtype=cache.dtype, device=cache.device)
-    out = buf[:n].view(slots.numel(), *cache.shape[1:])
-    torch.index_select(cache, 0, slots.reshape(-1), out=out)
-    return out.view(*slots.shape, *cache.shape[1:])
+        buf = workspace[name] = torch.empty(n + n // 4, dtype=cache.dtype, device=cache.device)
+    return torch.index_select(cache, 0, flat, out=buf[:n].view(flat.numel(), *cache.shape[1:])).view(shape)
 
 
 def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -91,8 +87,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     b, h, d = q.shape
     hkv = k_cache.shape[1]
     table = span_slots(slot_table, spans)
-    k = gather_into(k_cache, table, spans, "k").transpose(1, 2)      # [b, hkv, s, d]
-    v = gather_into(v_cache, table, spans, "v").transpose(1, 2)
+    k = gather(k_cache, table, spans.workspace, "k").transpose(1, 2)      # [b, hkv, s, d]
+    v = gather(v_cache, table, spans.workspace, "v").transpose(1, 2)
     pos = torch.arange(table.shape[1], device=q.device)
     valid = pos[None, :] < spans.lens[:, None]
     if sliding_window is not None:
@@ -127,8 +123,8 @@ def shared_prefix_attention(
         .reshape(ng, hkv, n * g, d)
     )
     table = span_slots(slot_table, level)
-    k = gather_into(k_cache, table, level, "k").transpose(1, 2)      # [ng, hkv, p, d]
-    v = gather_into(v_cache, table, level, "v").transpose(1, 2)
+    k = gather(k_cache, table, level.workspace, "k").transpose(1, 2)      # [ng, hkv, p, d]
+    v = gather(v_cache, table, level.workspace, "v").transpose(1, 2)
     valid = torch.arange(table.shape[1], device=q.device)[None, :] < level.lens[:, None]
     out, lse = attention_with_lse(qg, k, v, valid[:, None, None, :], scale)
     out = out.view(ng, hkv, n, g, d).permute(0, 2, 1, 3, 4).reshape(ng * n, h, d)
