@@ -114,6 +114,41 @@ def test_decode_attention_sliding_window():
     assert rel_err(out, expected) < 1e-5
 
 
+def test_length_buckets_by_hand():
+    """Rows sorted longest first; a row opens a bucket below 0.8 of the bucket's longest, and only
+    when the rows left would save at least min_saving padded slots by it."""
+    lens = [50, 100, 10, 95, 48, 90]
+    assert ref.length_buckets(lens, 100) == [[1, 3, 5], [0, 4, 2]]    # 10 saves (50 - 10) x 1 < 100
+    assert ref.length_buckets(lens, 10) == [[1, 3, 5], [0, 4], [2]]
+    assert ref.length_buckets(lens, 10**9) == [[1, 3, 5, 0, 4, 2]]
+
+
+@pytest.mark.parametrize("window", [None, 40])
+def test_reference_buckets_ragged_rows(monkeypatch, window):
+    """On the CPU the torch backend pads each length bucket only to its own longest span: rows of
+    very different lengths, in several buckets, still get exactly their own dense attention."""
+    monkeypatch.setattr(ref, "BUCKET_BYTES", 1)          # every length gap opens a bucket
+    lens = [random.randint(180, 200), 1, random.randint(2, 30), random.randint(60, 90),
+            random.randint(180, 200)]
+    offsets = [random.randint(0, 5) for _ in lens]
+    h, hkv, d = 8, 2, 16
+    kc, vc = make_pool(900, hkv, d, torch.float64)
+    parts = distinct_slots([o + n for o, n in zip(offsets, lens)], 900)
+    table, rows = slot_table(parts)
+    q = torch.randn(len(lens), h, d, device=DEVICE, dtype=torch.float64)
+    spans = Spans(rows, torch.tensor(offsets, device=DEVICE), torch.tensor(lens, device=DEVICE), max(lens))
+    out, lse = ref.decode_attention(q, kc, vc, table, spans, d ** -0.5, window, return_lse=True)
+    if DEVICE == "cpu":         # the two longest together, then one bucket per length range
+        assert len(spans.cache[("buckets", window)]) == 4
+    for i, (p, o, n) in enumerate(zip(parts, offsets, lens)):
+        keep = p[o:o + n].long()[-window:] if window else p[o:o + n].long()
+        k, v = kc[keep].transpose(0, 1), vc[keep].transpose(0, 1)
+        scores = torch.einsum("hgd,hsd->hgs", q[i].view(hkv, h // hkv, d), k) * d ** -0.5
+        dense = torch.einsum("hgs,hsd->hgd", scores.softmax(-1), v)
+        assert rel_err(out[i], dense.reshape(h, d)) < 1e-10
+        assert rel_err(lse[i], scores.logsumexp(-1).reshape(h)) < 1e-10
+
+
 def _pad_stack(parts: list[list[int]]) -> torch.Tensor:
     width = max(len(p) for p in parts)
     return torch.tensor([p + [-1] * (width - len(p)) for p in parts], device=DEVICE)
