@@ -114,10 +114,11 @@ def decode_buckets(slot_table: torch.Tensor, spans: Spans, sliding_window: int |
     if plan is not None:
         return plan
     lens = spans.lens
-    host = lens.tolist() if lens.device.type == "cpu" and lens.numel() > 1 else []
+    host = lens.tolist() if lens.device.type == "cpu" else []
     groups = length_buckets(host, BUCKET_BYTES // slot_bytes)
-    parts = [(None, span_slots(slot_table, spans), lens)]
-    if len(groups) > 1:
+    if len(groups) <= 1:
+        parts = [(None, span_slots(slot_table, spans), lens)]
+    else:
         parts = []
         for g in groups:
             rows = torch.tensor(g, device=lens.device)
@@ -150,9 +151,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         # the g query heads of a KV head act as g query rows against that head's keys (GQA)
         o, l = attention_with_lse(qb.view(n, hkv, h // hkv, d), k, v, valid[:, None, None, :], scale)
         o, l = o.reshape(n, h, d), l.reshape(n, h)
-        if rows is None:
+        if rows is None:        # one bucket: every row, in order
             out, lse = o, l
-            break
+            continue
         if out is None:
             out, lse = q.new_empty(b, h, d), l.new_empty(b, h)
         out.index_copy_(0, rows, o)
