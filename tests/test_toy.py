@@ -169,6 +169,28 @@ def test_training_is_reproducible(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_policy_training_stops_at_its_validation_target(tmp_path, monkeypatch):
+    """A policy trains until its averaged weights reach the target on the validation problems,
+    checked from `check_from` on; unreached, it stops at its budget; either way training.json says
+    where, and the saved weights are the checked ones."""
+    from tts_engine.toy import train
+    monkeypatch.setattr(train, "validation", lambda: problem_set(8, train.VALIDATION_SEED))
+    real = train.greedy_accuracy
+    monkeypatch.setattr(train, "greedy_accuracy", lambda folder, chains=None: real(folder, chains or
+                                                                                    study_problems()[:8]))
+    tiny = dict(arch="llama", hidden=16, layers=1, heads=2, kv_heads=1, intermediate=32, lr=1e-3,
+                batch=4, check_from=2, check_every=2, check_near=1)
+    for target, stops in ((0.0, 2), (1.01, 6)):
+        monkeypatch.setitem(train.SPECS, SMALL, train.PolicySpec(target=target, max_steps=6, **tiny))
+        train.train_policy(SMALL, str(tmp_path / str(target)), seed=3)
+        info = json.load(open(tmp_path / str(target) / SMALL / "training.json"))
+        assert info["steps"] == stops
+        assert [step for step, _ in info["validation_accuracy"]] == list(range(2, stops + 1, 2))
+        # the last check's weights are the ones saved
+        saved = train.accuracy(real(str(tmp_path / str(target) / SMALL), train.validation()))
+        assert saved == info["validation_accuracy"][-1][1]
+
+
 @pytest.fixture(scope="module")
 def toy_slice(tmp_path_factory):
     """The default study (no model arguments) on its first 192 problems, N = 4 and 16 (on fewer
