@@ -6,6 +6,10 @@ The public names load on first use (PEP 562), so importing a low layer (say a ke
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+from importlib.machinery import ModuleSpec
+from pathlib import Path
 
 _EXPORTS = {
     "LLM": "tts_engine.llm",
@@ -16,6 +20,26 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def _kernels_from_source_tree() -> None:
+    """The kernels live in the repo's top-level kernels/ folder, which has no __init__.py on
+    purpose: from the repo root (where `python -m` puts the current folder first on sys.path) a
+    regular package there would hide the PyPI package `kernels`, which transformers imports. A wheel
+    installs the folder as tts_engine/kernels and needs nothing here. Run from the source tree (an
+    editable install, whose finder maps only regular packages, or PYTHONPATH=.), the folder is
+    registered here as the namespace package tts_engine.kernels."""
+    name = __name__ + ".kernels"
+    here = Path(__file__).resolve().parent
+    folder = here.parent / "kernels"
+    if name in sys.modules or (here / "kernels").is_dir() or not (folder / "spans.py").is_file():
+        return
+    spec = ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = [str(folder)]
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+
+
+_kernels_from_source_tree()
 
 
 def __getattr__(name: str):
