@@ -67,7 +67,7 @@ def find_checkpoint(path: str) -> Checkpoint:
                          f"class is unknown (found model_type {config.get('model_type')!r})")
     gen_path = os.path.join(path, "generation_config.json")
     generation = read_json(gen_path) if os.path.isfile(gen_path) else {}
-    files = _safetensors_files(path)
+    files = safetensors_files(path)
     return Checkpoint(config, lambda: _iter_safetensors(files), path, generation_config=generation)
 
 
@@ -77,7 +77,7 @@ def tensor_names(ckpt: Checkpoint) -> set[str]:
         return {name for name, _ in _gguf_names(gguf_reader(ckpt.gguf_path))}
     from safetensors import safe_open
     names = set()
-    for file in _safetensors_files(ckpt.folder):
+    for file in safetensors_files(ckpt.folder):
         try:
             with safe_open(file, framework="pt") as f:
                 names.update(f.keys())
@@ -98,7 +98,7 @@ def read_json(path: str) -> dict:
     return data
 
 
-def _safetensors_files(path: str) -> list[str]:
+def safetensors_files(path: str) -> list[str]:
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         weight_map = read_json(index).get("weight_map", {})

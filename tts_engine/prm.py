@@ -167,8 +167,8 @@ def detect(config: dict, tensor_names: set[str], tok: Tokenizer) -> str:
     if RLHFLOW_PLACEHOLDER in vocab and tok.chat_template is not None:
         return "rlhflow"
     raise ValueError(f"cannot tell which PRM family {config.get('architectures')} is (no Qwen2.5-Math-PRM or "
-                     f"Skywork head, no 'ки' or {RLHFLOW_PLACEHOLDER} tag token); pass kind= one of "
-                     f"{', '.join(KINDS)}")
+                     f"Skywork head, no 'ки' or {RLHFLOW_PLACEHOLDER} tag token); name the family "
+                     f"(PRM(kind=...), --prm-kind): one of {', '.join(KINDS)}")
 
 
 class PRM:

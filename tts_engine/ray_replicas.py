@@ -18,9 +18,11 @@ MAX_UNIT_RETRIES = 3          # a unit that kills its replica this often is a bu
 
 
 def run_units(units: list[Unit], settings: Settings, uses_prm: bool, workers: int, address: str | None,
-              sink: Callable[[Unit, list[dict], int], None], out: str) -> dict[str, int]:
-    """Runs every unit once; sink(unit, rows, replica) for each as it finishes. Returns the models'
-    parameter counts. OUT/replicas.json lists the replicas' process ids (for operators and tests)."""
+              sink: Callable[[Unit, list[dict], int], None], out: str,
+              on_start: Callable[[Unit], None] = lambda unit: None) -> None:
+    """Runs every unit once: on_start(unit) as it goes to a replica, sink(unit, rows, replica) as it
+    finishes. OUT/replicas.json lists the replicas' process ids (for operators and tests). The
+    replicas are killed on the way out, whatever ends the run (Ctrl-C included)."""
     import ray
     import torch
     if not ray.is_initialized():
@@ -32,33 +34,32 @@ def run_units(units: list[Unit], settings: Settings, uses_prm: bool, workers: in
     gpus = 1 if torch.cuda.is_available() else 0
     actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=-1, max_task_retries=0)(Replica)
     replicas = [actor.remote(settings, uses_prm) for _ in range(workers)]
-    _write_pids(out, ray.get([r.pid.remote() for r in replicas]))
-    queue, running, idle = deque(units), {}, list(range(workers))
-    retries: dict[int, int] = {}
-    while queue or running:
-        while queue and idle:
-            i, unit = idle.pop(0), queue.popleft()
-            running[replicas[i].run.remote(unit)] = (i, unit)
-        ready, _ = ray.wait(list(running), num_returns=1)
-        i, unit = running.pop(ready[0])
-        try:
-            rows = ray.get(ready[0])
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-            retries[id(unit)] = retries.get(id(unit), 0) + 1
-            if retries[id(unit)] > MAX_UNIT_RETRIES:
-                raise RuntimeError(f"a unit ({unit.method}, {len(unit.problems)} problems) killed its "
-                                   f"replica {MAX_UNIT_RETRIES + 1} times: {e}") from None
-            queue.appendleft(unit)           # to the next idle replica; Ray restarts this one
+    try:
+        _write_pids(out, ray.get([r.pid.remote() for r in replicas]))
+        queue, running, idle = deque(units), {}, list(range(workers))
+        retries: dict[int, int] = {}
+        while queue or running:
+            while queue and idle:
+                i, unit = idle.pop(0), queue.popleft()
+                on_start(unit)
+                running[replicas[i].run.remote(unit)] = (i, unit)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            i, unit = running.pop(ready[0])
+            try:
+                rows = ray.get(ready[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                retries[id(unit)] = retries.get(id(unit), 0) + 1
+                if retries[id(unit)] > MAX_UNIT_RETRIES:
+                    raise RuntimeError(f"a unit ({unit.label}) killed its replica {MAX_UNIT_RETRIES + 1} "
+                                       f"times: {e}") from None
+                queue.appendleft(unit)           # to the next idle replica; Ray restarts this one
+                idle.append(i)
+                continue
+            sink(unit, rows, i)
             idle.append(i)
-            continue
-        sink(unit, rows, i)
-        idle.append(i)
-    counts: dict[str, int] = {}
-    for c in ray.get([r.parameters.remote() for r in replicas]):
-        counts.update(c)
-    for r in replicas:
-        ray.kill(r)
-    return counts
+    finally:
+        for r in replicas:
+            ray.kill(r)
 
 
 def _write_pids(out: str, pids: list[int]) -> None:

@@ -6,6 +6,8 @@ the unit, never on what ran before it or on which replica ran it: a study gives 
 process or spread over many (python -m tts_engine.run --workers K)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -42,6 +44,18 @@ class Unit:
     problems: tuple[Problem, ...]
     samples: int = 0              # difficulty: samples per problem
 
+    @property
+    def key(self) -> str:
+        """The unit's identity: what it runs, on which problems (its rows carry it)."""
+        what = [self.kind, model_name(self.policy), self.prm and model_name(self.prm), self.method,
+                self.cfg.n, self.samples, [p.id for p in self.problems]]
+        return hashlib.blake2b(json.dumps(what).encode(), digest_size=8).hexdigest()
+
+    @property
+    def label(self) -> str:
+        what = "difficulty" if self.kind == "difficulty" else f"{self.method} N={self.cfg.n}"
+        return f"{model_name(self.policy)} {what}, {len(self.problems)} problems"
+
 
 def row_of(result, policy: str, prm: str | None, seconds: float, level) -> dict:
     r = result.row()
@@ -61,13 +75,9 @@ class Replica:
         self.settings, self.uses_prm = settings, uses_prm
         self.llm = self.prm = None
         self.llm_path = self.prm_path = None
-        self.counts: dict[str, int] = {}          # parameters of each model loaded, by name
 
     def pid(self) -> int:
         return os.getpid()
-
-    def parameters(self) -> dict[str, int]:
-        return dict(self.counts)
 
     def _load(self, policy: str, prm: str | None) -> None:
         from tts_engine import LLM, PRM
@@ -77,13 +87,11 @@ class Replica:
             self.llm = LLM(policy, dtype=s.dtype, device=s.device, seed=s.seed,
                            gpu_memory_utilization=s.policy_memory if self.uses_prm else 0.9)
             self.llm_path = policy
-            self.counts[model_name(policy)] = sum(p.numel() for p in self.llm.engine.model.parameters())
         if prm is not None and prm != self.prm_path:
             self.prm = None
             self.prm = PRM(prm, kind=s.prm_kind, dtype=s.dtype, device=s.device,
                            gpu_memory_utilization=s.prm_memory)
             self.prm_path = prm
-            self.counts[model_name(prm)] = sum(p.numel() for p in self.prm.engine.model.parameters())
 
     def style(self) -> str:
         if self.settings.prompt_style != "auto":
@@ -102,8 +110,11 @@ class Replica:
         policy, prm_name = model_name(unit.policy), unit.prm and model_name(unit.prm)
         rows, start = [], time.perf_counter()
         if unit.kind == "difficulty":
-            def measured(d, _result):
-                rows.append({"policy": policy, "prm": prm_name, **asdict(d)})
+            def measured(d, result):
+                work = {"policy": result.policy_work, "prm": result.prm_work}
+                rows.append({"policy": policy, "prm": prm_name, **asdict(d),
+                             "tokens": {side: w["computed_tokens"] + w["generated_tokens"]
+                                        for side, w in work.items()}})
             estimate(self.llm, prm, list(unit.problems), cfg, unit.samples, on_result=measured)
             return rows
         level = {p.id: p.level for p in unit.problems}

@@ -3,13 +3,17 @@
     python -m tts_engine.run --policy DIR [DIR ...] --prm DIR [DIR ...] --dataset FILE|NAME
         --method cot bon beam dvts compute-optimal --n 4 16 64 --out DIR [--limit K] [--seed S] ...
 
-Each problem's result is appended to OUT/results.jsonl as it finishes; killed and started again with
-the same command, the study skips finished (policy, prm, method, n, id) rows and loses none (a torn
-last line is dropped). Then OUT/summary.json (accuracy with 95% intervals, FLOPs and tokens per
-policy, PRM, method, N, aggregation rule and difficulty bin), the same table printed, and
-OUT/accuracy_vs_flops.png. Difficulty bins come from each policy's pass@1 over 16 samples (cached in
-OUT/difficulty.jsonl); compute-optimal picks, per estimated bin and N, the best method and rule on a
-calibration half of the problems and reports the other half.
+Each problem's result is appended to OUT/results.jsonl as its unit (a few problems of one policy, PRM,
+method and N) finishes. OUT/manifest.json records the settings that change a result (seed,
+temperature, top-p, beam width, step and token limits, prompt style, dtype, device, PRM kind,
+difficulty samples, chunk), the dataset's content hash and each model's identity. Resume: started
+again into the same --out with the same settings, the study skips finished units and loses none
+(Ctrl-C and kills included); with more methods, budgets, problems or models it extends the folder;
+with any other setting it is refused (exit 2) with the list of differences. The summary
+(OUT/summary.json, the printed table, OUT/accuracy_vs_flops.png) covers exactly this command's
+policies, PRMs, methods, budgets and problems. Difficulty bins come from each policy's pass@1 over
+--difficulty-samples samples (OUT/difficulty.jsonl); compute-optimal picks, per estimated bin and
+N, the best method and rule on a calibration half of the problems and reports the other half.
 
 With no model and dataset arguments it runs the toy world's study (tts_engine.toy): the shipped small
 and large policies with CoT, and the small one with the shipped PRM and best-of-N, beam search and
@@ -20,60 +24,80 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
-from dataclasses import replace
+from collections import defaultdict
+from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
 from tts_engine.flops import pretraining_flops
-from tts_engine.loader import read_json, resolve_model_path
+from tts_engine.loader import read_json
+from tts_engine.prm import KINDS
 from tts_engine.replica import Replica, Settings, Unit, model_name
 from tts_engine.report import headline, plot, summarize, table
 from tts_engine.search import SearchConfig
 from tts_engine.search.compute_optimal import apply_table, calibration, choose_table
 from tts_engine.search.difficulty import bin_of
-from tts_engine.tasks import load_dataset
+from tts_engine.study.checks import (MAX_N, UsageError, check_dataset, check_device, check_model,
+                                     check_options, check_out, check_pretrain_tokens)
+from tts_engine.study.manifest import Manifest, dataset_identity, model_identity, reconcile, settings_of
+from tts_engine.study.store import Store, read_rows
+from tts_engine.tasks.data import Problem
 from tts_engine.tasks.prompts import STYLES
 
 ALL_METHODS = ("cot", "bon", "beam", "dvts", "compute-optimal")
 NEEDS_PRM = {"bon", "beam", "dvts", "compute-optimal"}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-class UsageError(Exception):
-    """Bad arguments, found before any model is loaded (exit code 2)."""
+class Help(argparse.RawDescriptionHelpFormatter):
+    """The docstring as written, and each option's default where it has one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, [], argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m tts_engine.run", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tts_engine.run", description=__doc__, formatter_class=Help)
     ap.add_argument("--policy", nargs="+", help="policy model folders (or .gguf, or pkg:<package>); "
                     "with no --policy, --prm and --dataset: the toy world's study")
     ap.add_argument("--prm", nargs="+", default=[], help="PRM folders")
-    ap.add_argument("--prm-kind", default="auto", help="PRM family: auto, math-shepherd, rlhflow, ...")
+    ap.add_argument("--prm-kind", default="auto", choices=("auto", *KINDS), help="PRM family")
     ap.add_argument("--dataset", help="a JSONL file (problem, answer[, id, level]) or a cached HF dataset")
     ap.add_argument("--method", nargs="+", choices=ALL_METHODS,
                     help="default: cot bon beam dvts (the toy study adds compute-optimal)")
     ap.add_argument("--cot-only", nargs="+", default=[], metavar="DIR",
                     help="policies (of --policy) that run CoT only, as baselines")
-    ap.add_argument("--n", nargs="+", type=int, default=[4, 16, 64], help="budgets N")
-    ap.add_argument("--out", default="tts_study", help="output folder")
-    ap.add_argument("--limit", type=int, help="the first K problems only")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--beam-width", type=int, default=4)
-    ap.add_argument("--max-steps", type=int, help="default 40 (toy: 12)")
-    ap.add_argument("--step-tokens", type=int, help="default 2048 (toy: 32)")
+    ap.add_argument("--n", nargs="+", type=int, default=[4, 16, 64], help=f"budgets N (at most {MAX_N})")
+    ap.add_argument("--out", default="tts_study", help="output folder (resumed or extended when it holds a "
+                    "study with the same settings)")
+    ap.add_argument("--limit", type=int, help="the first K problems only (default: all)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of every sample")
+    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    ap.add_argument("--dtype", default="auto", choices=DTYPES,
+                    help="weights and activations (auto: the checkpoint's on GPUs, float32 on the CPU)")
+    ap.add_argument("--beam-width", type=int, default=4, help="M: children per beam (beam search, DVTS)")
+    ap.add_argument("--max-steps", type=int, help="steps per solution (default: 40; toy: 12)")
+    ap.add_argument("--step-tokens", type=int, help="tokens per step (default: 2048; toy: 32)")
     ap.add_argument("--max-tokens", type=int,
-                    help="per solution for CoT and best-of-N; default 8192 (toy: 200)")
-    ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--prompt-style", default="auto", choices=STYLES)
+                    help="tokens per solution for CoT and best-of-N (default: 8192; toy: 200)")
+    ap.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (CoT is greedy)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling")
+    ap.add_argument("--prompt-style", default="auto", choices=STYLES,
+                    help="auto: Meta's MATH prompt for Llama models, the Qwen-Math one otherwise, plain "
+                    "text without a chat template")
     ap.add_argument("--difficulty-samples", type=int, default=16,
                     help="samples per problem for its difficulty bin (0: none)")
     ap.add_argument("--pretrain-tokens", nargs="*", default=[], metavar="MODEL=TOKENS",
-                    help="training tokens of a model, for total FLOPs (else its folder's training.json)")
-    ap.add_argument("--chunk", type=int, help="problems per batch (default: 64 for CoT, 256 / N otherwise)")
+                    help="training tokens of a model (by folder name), for total FLOPs (default: the "
+                    "model folder's training.json)")
+    ap.add_argument("--chunk", type=int, help="problems per unit of work (default: 64 for CoT, 256 / N "
+                    "otherwise)")
     ap.add_argument("--policy-memory", type=float, default=0.45, help="policy's gpu_memory_utilization")
     ap.add_argument("--prm-memory", type=float, default=0.45, help="PRM's gpu_memory_utilization")
     ap.add_argument("--workers", type=int, help="engine replicas as Ray actors (one GPU each when there "
@@ -87,6 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    args.method = list(dict.fromkeys(args.method))
+    args.n = sorted(set(args.n))
     args.toy = toy
     return args
 
@@ -98,154 +124,92 @@ def toy_study(args: argparse.Namespace) -> None:
     args.policy = [toy.model_path(toy.SMALL), toy.model_path(toy.LARGE)]
     args.prm = [toy.model_path(toy.PRM)]
     args.cot_only = [toy.model_path(toy.LARGE)]
-    os.makedirs(args.out, exist_ok=True)
     args.dataset = os.path.join(args.out, "toy_problems.jsonl")
     write_jsonl(args.dataset, study_problems())
 
 
-def check(args: argparse.Namespace):
-    """Every input checked before a model is loaded; returns the problems."""
-    if not args.policy:
-        raise UsageError("--policy is required (one or more model folders)")
-    stray = [p for p in args.cot_only if p not in args.policy]
-    if stray:
-        raise UsageError(f"--cot-only {stray[0]!r} is not one of --policy")
-    for path in args.policy + args.prm:
-        try:
-            resolved = resolve_model_path(path)
-        except FileNotFoundError as e:
-            raise UsageError(str(e)) from None
-        if not os.path.exists(resolved):
-            raise UsageError(f"model {path!r} does not exist")
-    needs = [m for m in args.method if m in NEEDS_PRM]
-    if needs and not args.prm:
-        raise UsageError(f"--method {' '.join(needs)} needs a PRM: give --prm")
-    if any(n < 1 for n in args.n):
-        raise UsageError(f"--n must be positive, got {args.n}")
-    if {"beam", "dvts", "compute-optimal"} & set(args.method):
-        bad = [n for n in args.n if n % args.beam_width]
-        if bad:
-            raise UsageError(f"N={bad[0]} is not a multiple of --beam-width {args.beam_width} (beam search "
-                             f"and DVTS keep N / M beams)")
-    if args.chunk is not None and args.chunk < 1:
-        raise UsageError(f"--chunk must be >= 1, got {args.chunk}")
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    if args.workers or args.ray_address:
-        import importlib.util
-        if importlib.util.find_spec("ray") is None:
-            raise UsageError("--workers and --ray-address need Ray: pip install 'tts-engine[ray]'")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be >= 1, got {args.limit}")
-    if not args.dataset:
-        raise UsageError("--dataset is required (a JSONL file or a cached dataset name)")
-    try:
-        problems = load_dataset(args.dataset, args.limit)
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
-    if not problems:
-        raise UsageError(f"dataset {args.dataset!r} has no problems")
-    return problems
+@dataclass
+class Plan:
+    """What the checks produced: the study's problems, the folder's manifest and the device."""
+    problems: list[Problem]
+    manifest: Manifest
+    device: str
+    pretrain_tokens: dict[str, int]
 
 
-def load_rows(path: str) -> list[dict]:
-    """The rows of a JSONL file we append to. A torn last line (a kill mid-write) is dropped, and cut
-    from the file so that it stays whole."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    rows, good = [], 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good += len(line)
-    if good < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good)
-    return rows
+def check(args: argparse.Namespace) -> Plan:
+    """Every input checked before a model is loaded, and the folder's manifest reconciled."""
+    if args.toy:            # the toy world's models and problems (written into OUT) stand in
+        check_out(args.out)
+        toy_study(args)
+    check_options(args, NEEDS_PRM)
+    check_out(args.out)
+    everything, problems = check_dataset(args.dataset, args.limit)
+    device = check_device(args.device)
+    infos = [check_model(p, "policy") for p in args.policy]
+    infos += [check_model(p, "prm", args.prm_kind) for p in args.prm]
+    names = [model_name(i.path) for i in infos]
+    twice = [n for n in names if names.count(n) > 1]
+    if twice:
+        raise UsageError(f"two models are named {twice[0]!r} (results name models by folder): rename one")
+    pretrain_tokens = check_pretrain_tokens(args.pretrain_tokens, names)
+    manifest = Manifest(_version(), settings_of(args, device), dataset_identity(args.dataset, everything),
+                        {name: model_identity(info) for name, info in zip(names, infos)})
+    return Plan(problems, reconcile(args.out, manifest), device, pretrain_tokens)
 
 
-def append_row(path: str, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _version() -> str:
+    from tts_engine import __version__
+    return __version__
 
 
-class Results:
-    """results.jsonl: one row per problem, appended and synced as it finishes."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.rows = load_rows(path)
-        self.done = {self.key(r) for r in self.rows}
-
-    @staticmethod
-    def key(r: dict) -> tuple:
-        return r["policy"], r["prm"], r["method"], r["n"], r["id"]
-
-    def append(self, row: dict) -> None:
-        append_row(self.path, row)
-        self.rows.append(row)
-        self.done.add(self.key(row))
-
-
-def pretraining(args, names: dict[str, str], models) -> dict[str, int]:
-    """Pre-training FLOPs per model: 6 x parameters x training tokens (flag, or training.json beside
-    the weights: {"training_tokens": ..., "parameters": ...})."""
-    tokens = {}
-    for item in args.pretrain_tokens:
-        name, _, value = item.partition("=")
-        tokens[name] = int(float(value))
+def pretraining(plan: Plan, names: list[str]) -> dict[str, int]:
+    """Pre-training FLOPs per model: 6 x parameters x training tokens (--pretrain-tokens, or
+    training.json beside the weights: {"training_tokens": ...})."""
     out = {}
-    for path, name in names.items():
-        info = {}
-        folder = resolve_model_path(path)
-        file = os.path.join(folder if os.path.isdir(folder) else os.path.dirname(folder), "training.json")
-        if os.path.isfile(file):
-            info = read_json(file)
-        count = tokens.get(name, info.get("training_tokens"))
-        params = info.get("parameters") or models.get(name)
-        if count and params:
-            out[name] = pretraining_flops(int(params), int(count))
+    for name in names:
+        model = plan.manifest.models[name]
+        folder = model["path"] if os.path.isdir(model["path"]) else os.path.dirname(model["path"])
+        file = os.path.join(folder, "training.json")
+        info = read_json(file) if os.path.isfile(file) else {}
+        count = plan.pretrain_tokens.get(name, info.get("training_tokens"))
+        if count:
+            out[name] = pretraining_flops(int(model["parameters"]), int(count))
     return out
 
 
-def chunks(kind: str, policy: str, prm: str | None, method: str, cfg: SearchConfig, todo, size: int,
-           samples: int = 0) -> list[Unit]:
-    return [Unit(kind, policy, prm, method, cfg, tuple(todo[i:i + size]), samples)
-            for i in range(0, len(todo), size)]
+def search_methods(args) -> list[str]:
+    return [m for m in ("bon", "beam", "dvts") if m in args.method or "compute-optimal" in args.method]
 
 
-def plan(args, problems, results: Results, difficulty_path: str) -> list[Unit]:
-    """The study's units not done yet, grouped by model in the order a single process runs them:
-    per policy its CoT, then per PRM its difficulty estimate and each method and N."""
+def plan_units(args, problems: list[Problem], results: Store, difficulty: Store) -> list[Unit]:
+    """The units not done yet, grouped by model in the order a single process runs them: per policy
+    its CoT, then per PRM its difficulty estimate and each method and N. Unit boundaries are fixed
+    chunks of the problem list, so a unit cut by a kill runs again on the same problems."""
     base = SearchConfig(beam_width=args.beam_width, temperature=args.temperature, top_p=args.top_p,
                         max_steps=args.max_steps, step_tokens=args.step_tokens, max_tokens=args.max_tokens,
                         seed=args.seed)
-    search = [m for m in ("bon", "beam", "dvts") if m in args.method or "compute-optimal" in args.method]
-    estimated = {(r["policy"], r["prm"], r["id"]) for r in load_rows(difficulty_path)}
-    units = []
+
+    def chunked(kind, policy, prm, method, cfg, done, size, samples=0) -> list[Unit]:
+        fixed = [problems[i:i + size] for i in range(0, len(problems), size)]
+        todo = [tuple(p for p in chunk if not done(p.id)) for chunk in fixed]
+        return [Unit(kind, policy, prm, method, cfg, chunk, samples) for chunk in todo if chunk]
 
     def method_units(policy, prm, method, n):
         key = (model_name(policy), prm and model_name(prm), method, n)
-        todo = [p for p in problems if (*key, p.id) not in results.done]
         size = args.chunk or (64 if method == "cot" else max(1, 256 // n))
-        return chunks("method", policy, prm, method, replace(base, n=n), todo, size)
+        return chunked("method", policy, prm, method, replace(base, n=n), lambda i: (*key, i) in results.done,
+                       size)
 
     def difficulty_units(policy, prm):
         if args.difficulty_samples < 1:
             return []
         key = (model_name(policy), prm and model_name(prm))
-        todo = [p for p in problems if (*key, p.id) not in estimated]
         size = max(1, 256 // args.difficulty_samples)
-        return chunks("difficulty", policy, prm, "bon", base, todo, size, args.difficulty_samples)
+        return chunked("difficulty", policy, prm, "bon", base, lambda i: (*key, i) in difficulty.done, size,
+                       args.difficulty_samples)
 
+    units = []
     for policy in args.policy:
         if "cot" in args.method:
             units += method_units(policy, None, "cot", 1)
@@ -253,72 +217,114 @@ def plan(args, problems, results: Results, difficulty_path: str) -> list[Unit]:
             continue
         if not args.prm:
             units += difficulty_units(policy, None)
-        for prm in args.prm if search else []:
+        for prm in args.prm if search_methods(args) else []:
             units += difficulty_units(policy, prm)
-            units += [u for method in search for n in args.n for u in method_units(policy, prm, method, n)]
+            units += [u for m in search_methods(args) for n in args.n
+                      for u in method_units(policy, prm, m, n)]
     return units
 
 
+def samples(unit: Unit) -> int:
+    """Solutions a unit samples per problem: about the same tokens each, whatever the method."""
+    return unit.samples if unit.kind == "difficulty" else 1 if unit.method == "cot" else unit.cfg.n
+
+
 class Progress:
-    """Writes each unit's rows as they come back, and keeps the progress bar and each replica's
+    """Writes each unit's rows as they come back, and keeps the progress bar (the unit running now;
+    time left from the samples left, difficulty estimation included) and each replica's and stage's
     throughput."""
 
-    def __init__(self, units: list[Unit], results: Results, difficulty_path: str):
-        self.results, self.difficulty_path = results, difficulty_path
-        self.bar = tqdm(total=sum(len(u.problems) for u in units), desc="study", unit="problem",
-                        file=sys.stderr)
+    def __init__(self, units: list[Unit], results: Store, difficulty: Store, key: str):
+        self.results, self.difficulty, self.key = results, difficulty, key
+        self.bar = tqdm(total=sum(len(u.problems) * samples(u) for u in units), desc="study", unit="sample",
+                        smoothing=0, file=sys.stderr)      # smoothing 0: the rate over the whole run
         self.replicas: dict[int, dict] = {}
+        self.stages: dict[str, float] = defaultdict(float)
+        self.started: dict[str, float] = {}
+        self.tokens = 0
         self.start = time.perf_counter()
+
+    def starting(self, unit: Unit) -> None:
+        self.started[unit.key] = time.perf_counter()
+        self.bar.set_description_str(unit.label)
 
     def __call__(self, unit: Unit, rows: list[dict], replica: int) -> None:
         stats = self.replicas.setdefault(replica, dict(replica=replica, units=0, problems=0, tokens=0))
-        for row in rows:
-            if unit.kind == "difficulty":
-                append_row(self.difficulty_path, row)
-            else:
-                self.results.append(row)
-                stats["tokens"] += row["tokens"]["policy"] + row["tokens"]["prm"]
+        rows = [{**r, "settings": self.key, "unit": unit.key, "unit_size": len(rows)} for r in rows]
+        (self.difficulty if unit.kind == "difficulty" else self.results).add_unit(rows)
+        tokens = sum(r["tokens"]["policy"] + r["tokens"]["prm"] for r in rows)
+        stats["tokens"] += tokens
         stats["units"] += 1
         stats["problems"] += len(unit.problems)
-        self.bar.update(len(unit.problems))
-        self.bar.set_description_str(f"{model_name(unit.policy)} {unit.method} N={unit.cfg.n}")
-        total = sum(r["tokens"] for r in self.replicas.values())
-        self.bar.set_postfix_str(f"{total / max(time.perf_counter() - self.start, 1e-9):.0f} tok/s")
+        self.tokens += tokens
+        stage = "difficulty" if unit.kind == "difficulty" else unit.method
+        self.stages[stage] += time.perf_counter() - self.started.pop(unit.key, self.start)
+        self.bar.update(len(unit.problems) * samples(unit))
+        self.bar.set_postfix_str(f"{self.tokens / max(time.perf_counter() - self.start, 1e-9):.0f} tok/s")
 
     def throughput(self) -> dict:
         seconds = time.perf_counter() - self.start
         rows = [{**r, "tokens_per_s": r["tokens"] / seconds} for _, r in sorted(self.replicas.items())]
-        return {"replicas": rows, "seconds": seconds,
+        return {"replicas": rows, "seconds": seconds, "stage_seconds": dict(self.stages),
                 "tokens_per_s": sum(r["tokens"] for r in rows) / max(seconds, 1e-9)}
 
 
-def study(args: argparse.Namespace, problems) -> dict:
-    os.makedirs(args.out, exist_ok=True)
-    results = Results(os.path.join(args.out, "results.jsonl"))
-    difficulty_path = os.path.join(args.out, "difficulty.jsonl")
-    units = plan(args, problems, results, difficulty_path)
-    settings = Settings(dtype=args.dtype, device=args.device, seed=args.seed, prm_kind=args.prm_kind,
+def stores(args, key: str) -> tuple[Store, Store]:
+    return (Store(os.path.join(args.out, "results.jsonl"), key,
+                  lambda r: (r["policy"], r["prm"], r["method"], r["n"], r["id"])),
+            Store(os.path.join(args.out, "difficulty.jsonl"), key,
+                  lambda r: (r["policy"], r["prm"], r["id"])))
+
+
+def study(args: argparse.Namespace, plan: Plan) -> dict:
+    results, difficulty = stores(args, plan.manifest.key)
+    units = plan_units(args, plan.problems, results, difficulty)
+    settings = Settings(dtype=args.dtype, device=plan.device, seed=args.seed, prm_kind=args.prm_kind,
                         policy_memory=args.policy_memory, prm_memory=args.prm_memory,
                         prompt_style=args.prompt_style)
-    progress = Progress(units, results, difficulty_path)
-    if args.workers or args.ray_address:
-        from tts_engine.ray_replicas import run_units
-        counts = run_units(units, settings, bool(args.prm), args.workers or 1, args.ray_address, progress,
-                           args.out)
-    else:
-        replica = Replica(settings, uses_prm=bool(args.prm))
-        for unit in units:
-            progress(unit, replica.run(unit), 0)
-        counts = replica.parameters()
-    progress.bar.close()
-    names = {p: model_name(p) for p in args.policy + args.prm}
-    pretrain = pretraining(args, names, counts)
-    return report(args, results.rows, difficulty_path, pretrain, progress.throughput())
+    progress = Progress(units, results, difficulty, plan.manifest.key)
+    try:
+        if args.workers or args.ray_address:
+            from tts_engine.ray_replicas import run_units
+            run_units(units, settings, bool(args.prm), args.workers or 1, args.ray_address, progress,
+                      args.out, on_start=progress.starting)
+        else:
+            replica = Replica(settings, uses_prm=bool(args.prm))
+            for unit in units:
+                progress.starting(unit)
+                progress(unit, replica.run(unit), 0)
+    finally:
+        progress.bar.close()
+    names = [model_name(p) for p in args.policy + args.prm]
+    rows, estimates = this_command(args, plan.problems, results.rows, difficulty.rows)
+    return report(args, rows, estimates, pretraining(plan, names), progress.throughput())
 
 
-def report(args, rows: list[dict], difficulty_path: str, pretrain: dict[str, int], throughput: dict) -> dict:
+def this_command(args, problems: list[Problem], rows: list[dict], estimates: list[dict]
+                 ) -> tuple[list[dict], list[dict]]:
+    """The rows of this command's policies, PRMs, methods, budgets and problems (a folder may hold
+    more, from earlier commands that extended it)."""
+    ids = {p.id for p in problems}
+    policies = {model_name(p) for p in args.policy}
+    cot_only = {model_name(p) for p in args.cot_only}
+    prms = {model_name(p) for p in args.prm}
+    search = set(search_methods(args))
+
+    def wanted(r):
+        if r["id"] not in ids or r["policy"] not in policies:
+            return False
+        if r["method"] == "cot":
+            return "cot" in args.method and r["prm"] is None
+        return r["method"] in search and r["policy"] not in cot_only and r["prm"] in prms and r["n"] in args.n
+
+    wanted_estimates = [d for d in estimates if d["id"] in ids and d["policy"] in policies - cot_only
+                        and (d["prm"] in prms if d["prm"] is not None else not prms)]
+    return [r for r in rows if wanted(r)], wanted_estimates
+
+
+def report(args, rows: list[dict], estimates: list[dict], pretrain: dict[str, int], throughput: dict) -> dict:
     bins, estimated, first = {}, {}, None
-    for d in load_rows(difficulty_path):
+    for d in estimates:
         bins.setdefault((d["policy"], d["id"]), bin_of(d["pass1"]))
         estimated[(d["policy"], d["prm"], d["id"])] = bin_of(d["prm_mean"])
         first = first or d["policy"]
@@ -349,6 +355,9 @@ def report(args, rows: list[dict], difficulty_path: str, pretrain: dict[str, int
     for r in throughput["replicas"]:
         print(f"replica {r['replica']}: {r['problems']} problems, {r['tokens_per_s']:.0f} tokens/s")
     print(f"all replicas: {throughput['tokens_per_s']:.0f} tokens/s over {throughput['seconds']:.0f} s")
+    if throughput["stage_seconds"]:
+        stages = throughput["stage_seconds"].items()
+        print("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages))
     if tables:
         print("\ncompute-optimal choice (calibration half, estimated difficulty):")
         for t in tables:
@@ -359,15 +368,21 @@ def report(args, rows: list[dict], difficulty_path: str, pretrain: dict[str, int
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
-        if args.toy:
-            toy_study(args)
-        problems = check(args)
+        plan = check(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    study(args, problems)
+    try:
+        study(args, plan)
+    except KeyboardInterrupt:
+        saved = [len(read_rows(os.path.join(args.out, f))) for f in ("results.jsonl", "difficulty.jsonl")]
+        command = shlex.join(["python", "-m", "tts_engine.run", *argv])
+        print(f"\ninterrupted: {saved[0]} result rows and {saved[1]} difficulty rows are saved in "
+              f"{args.out}; the same command resumes: {command}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,0 +1,131 @@
+"""Every bad input of the study CLI exits 2 with one line naming the option and the value, before any
+model is built or any result is written. Each case runs the CLI in a subprocess in which building a
+model raises, so a check that came after loading would show up as that error instead."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_run import ROOT, args, study_inputs  # noqa: F401 (a fixture)
+
+NO_MODELS = (
+    "import sys\n"
+    "import tts_engine.models.model as m\n"
+    "def refuse(*a, **k):\n"
+    "    raise SystemExit('a model was built before the inputs were checked')\n"
+    "m.Model.__init__ = refuse\n"
+    "from tts_engine.run import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def cli(argv: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_MODELS, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def replace_option(argv: list[str], flag: str, *values: str) -> list[str]:
+    """argv with flag's values replaced (or the flag added)."""
+    argv = list(argv)
+    if flag in argv:
+        i = argv.index(flag) + 1
+        j = i
+        while j < len(argv) and not argv[j].startswith("--"):
+            j += 1
+        argv[i:j] = values
+    else:
+        argv += [flag, *values]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty_model").mkdir()
+    (d / "notes.txt").write_text("not a model\n")
+    (d / "number.jsonl").write_text("7\n")
+    (d / "null.jsonl").write_text(json.dumps({"id": "a", "problem": "1 + 1?", "answer": None}) + "\n")
+    (d / "a_folder.jsonl").mkdir()
+    (d / "taken").write_text("a file where the output folder should go\n")
+    return d
+
+
+CASES = [
+    # (what, the option and its values ({d}: the bad files' folder), the message)
+    ("an empty folder as --policy", ["--policy", "{d}/empty_model"],
+     "--policy '{d}/empty_model': no config.json (nor a .gguf file) in model folder"),
+    ("a non-model file as --prm", ["--prm", "{d}/notes.txt"],
+     "--prm '{d}/notes.txt': '{d}/notes.txt' is a file but not a .gguf file"),
+    ("a policy passed as --prm", ["--prm", "{policy}"], "--prm '{policy}': cannot tell which PRM family"),
+    ("a PRM passed as --policy", ["--policy", "{prm}"],
+     "--policy '{prm}' is not a policy: Qwen2ForPrmModel has no language-model head"),
+    ("a missing second --policy", ["--policy", "{policy}", "/no/model"],
+     "--policy '/no/model': model '/no/model' does not exist"),
+    ("--beam-width 0", ["--beam-width", "0"], "--beam-width must be >= 1, got 0"),
+    ("--temperature -1", ["--temperature", "-1"],
+     "--temperature must be a finite number >= 0 (0: greedy), got -1.0"),
+    ("--top-p 0", ["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
+    ("--device tpu", ["--device", "tpu"], "--device must be cpu, cuda or cuda:N, got 'tpu'"),
+    ("--prm-kind foo", ["--prm-kind", "foo"], "argument --prm-kind: invalid choice: 'foo'"),
+    ("--n 1000000000", ["--n", "1000000000"], "--n must be between 1 and 4096, got 1000000000"),
+    ("--difficulty-samples -1", ["--difficulty-samples", "-1"],
+     "--difficulty-samples must be between 0 and 4096, got -1"),
+    ("memory shares above the GPU", ["--prm-memory", "0.7"],
+     "--policy-memory 0.45 and --prm-memory 0.7 share one GPU: their sum must be at most 1"),
+    ("--out naming an existing file", ["--out", "{d}/taken"], "--out '{d}/taken' is a file, not a folder"),
+    ("--out below a file", ["--out", "{d}/taken/sub"],
+     "--out '{d}/taken/sub' is not writable (Not a directory)"),
+    ("a dataset row that is a bare number", ["--dataset", "{d}/number.jsonl"],
+     "--dataset: {d}/number.jsonl: row 1 is a JSON int, not an object"),
+    ("a null answer", ["--dataset", "{d}/null.jsonl"],
+     "--dataset: {d}/null.jsonl: row 1 has a null 'answer'"),
+    ("a dataset path that is a folder", ["--dataset", "{d}/a_folder.jsonl"],
+     "--dataset: dataset '{d}/a_folder.jsonl' is a folder, not a JSONL file"),
+    ("a misspelled model in --pretrain-tokens", ["--pretrain-tokens", "tiny=1e9"],
+     "--pretrain-tokens 'tiny=1e9': 'tiny' is none of this study's models"),
+    ("a bad --pretrain-tokens value", ["--pretrain-tokens", "{policy_name}=lots"],
+     "--pretrain-tokens '{policy_name}=lots': 'lots' is not a positive token count"),
+    ("--pretrain-tokens without a value", ["--pretrain-tokens", "{policy_name}"],
+     "--pretrain-tokens '{policy_name}': expected MODEL=TOKENS"),
+]
+
+
+@pytest.mark.parametrize("what,change,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_before_any_model_loads(study_inputs, bad_files, tmp_path, what, change, message):
+    data, policy, prm = study_inputs
+    out = tmp_path / "out"
+    names = dict(d=bad_files, policy=policy, prm=prm, policy_name=os.path.basename(policy))
+    flag, *values = [v.format(**names) for v in change]
+    argv = replace_option(args(data, policy, prm, out, "--method", "bon", "beam"), flag, *values)
+    res = cli(argv)
+    expected = message.format(**names)
+    assert res.returncode == 2, (what, res.returncode, res.stderr[-2000:])
+    lines = res.stderr.strip().splitlines()
+    assert expected in lines[-1], (what, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr
+    assert not (out / "results.jsonl").exists() and not (out / "manifest.json").exists()
+
+
+def test_a_read_only_out_folder_is_refused(study_inputs, tmp_path):
+    data, policy, prm = study_inputs
+    if os.access("/sys", os.W_OK) and not os.path.ismount("/sys"):
+        pytest.skip("no read-only folder here")
+    res = cli(args(data, policy, prm, "/sys", "--method", "bon"))
+    assert res.returncode == 2 and "--out '/sys' is not writable" in res.stderr, res.stderr[-2000:]
+
+
+def test_help_shows_every_default_and_the_resume_rule():
+    res = subprocess.run([sys.executable, "-m", "tts_engine.run", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    for default in ("(default: tts_study)", "budgets N (at most 4096) (default: [4, 16, 64])",
+                    "seed of every sample (default: 0)", "(default: 0.7)", "(default: 1.0)", "(default: 4)",
+                    "(default: 16)", "(default: auto)", "(default: cuda when available)", "(default: all)"):
+        assert default in text, default
+    assert "Resume: started again into the same --out with the same settings" in text
+    assert "with any other setting it is refused (exit 2) with the list of differences" in text

@@ -1,0 +1,71 @@
+"""The study's append-only JSONL files (results.jsonl, difficulty.jsonl), written in whole units.
+
+Every row carries the settings hash of the folder's manifest, its unit and the unit's row count; a
+unit's rows are appended in one write and synced. On load a torn last line (a kill mid-write) is cut,
+and so are the rows of a unit that is not whole: a resumed study runs that unit again on the same
+problems, so its rows (FLOPs included: sharing inside a unit is counted) equal an uninterrupted
+run's."""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from typing import Callable
+
+from tts_engine.study.checks import UsageError
+
+
+def read_rows(path: str) -> list[dict]:
+    """The rows of a JSONL file we append to. A torn last line is dropped, and cut from the file so
+    that it stays whole."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        data = f.read()
+    rows, good = [], 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+        good += len(line)
+    if good < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return rows
+
+
+class Store:
+    """One JSONL file of a study folder: rows of whole units, all made with the settings `key`."""
+
+    def __init__(self, path: str, key: str, row_key: Callable[[dict], tuple]):
+        self.path, self.row_key = path, row_key
+        rows = read_rows(path)
+        count = Counter(r.get("unit") for r in rows)
+        whole = [r for r in rows if count[r.get("unit")] == r.get("unit_size")]
+        if len(whole) < len(rows):
+            self._rewrite(whole)
+        alien = [r for r in whole if r.get("settings") != key]
+        if alien:
+            raise UsageError(f"{path} holds {len(alien)} rows made with settings {alien[0].get('settings')}, "
+                             f"not this folder's manifest.json ({key}): start a new folder (--out NEW)")
+        self.rows = whole
+        self.done = {row_key(r) for r in whole}
+
+    def add_unit(self, rows: list[dict]) -> None:
+        """Append a unit's rows together (they already carry settings, unit and unit_size)."""
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows += rows
+        self.done |= {self.row_key(r) for r in rows}
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self.path + ".tmp", self.path)
