@@ -19,11 +19,26 @@ from tts_engine.study.checks import UsageError
 from tts_engine.study.store import Store
 
 RUN = ("--method", "bon", "beam", "--chunk", "2")
+# The CLI with each unit held 0.3 s after it ran (before its rows are written), so that a signal
+# sent when the first rows appear always lands mid-study, however fast or loaded the machine is.
+SLOW = (
+    "import sys, time\n"
+    "import tts_engine.replica as replica\n"
+    "run = replica.Replica.run\n"
+    "def slow(self, unit):\n"
+    "    rows = run(self, unit)\n"
+    "    time.sleep(0.3)\n"
+    "    return rows\n"
+    "replica.Replica.run = slow\n"
+    "from tts_engine.run import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
 EXACT = ("answers", "correct", "tokens", "flops", "work", "level", "unit", "unit_size", "settings")
 
 
-def command(data, policy, prm, out, *extra) -> list[str]:
-    return [sys.executable, "-m", "tts_engine.run", *args(data, policy, prm, out, *RUN, *extra)]
+def command(data, policy, prm, out, *extra, slow=False) -> list[str]:
+    cli = ["-c", SLOW] if slow else ["-m", "tts_engine.run"]
+    return [sys.executable, *cli, *args(data, policy, prm, out, *RUN, *extra)]
 
 
 def run(cmd, timeout=600) -> subprocess.CompletedProcess:
@@ -51,16 +66,19 @@ def assert_same_rows(a: dict, b: dict) -> None:
             assert sa == pytest.approx(sb, abs=1e-5)
 
 
-def start_and_kill(cmd, results, rows_before_kill: int, sig=signal.SIGKILL) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and len(results.read_text().splitlines()) >= rows_before_kill:
-            break
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    proc.wait(timeout=120)
-    return proc
+def start_and_kill(cmd, results, rows_before_kill: int, sig=signal.SIGKILL) -> tuple[int, str]:
+    """Start the study, send `sig` once results.jsonl has that many rows; its exit code and stderr."""
+    err = results.parent / "stderr.txt"
+    with open(err, "w") as f:     # (a file, not a pipe nobody reads while it runs)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f, text=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if results.exists() and len(results.read_text().splitlines()) >= rows_before_kill:
+                break
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+    return proc.returncode, err.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +92,10 @@ def uninterrupted(study_inputs, tmp_path_factory):
 def test_a_killed_and_resumed_study_gives_the_rows_of_an_uninterrupted_one(study_inputs, uninterrupted,
                                                                             tmp_path):
     data, policy, prm = study_inputs
-    cmd = command(data, policy, prm, tmp_path)
     results = tmp_path / "results.jsonl"
     total = len(by_key(uninterrupted))                  # bon and beam, N=4, 6 problems
     for rows_before_kill in (1, 5):
-        start_and_kill(cmd, results, rows_before_kill)
+        start_and_kill(command(data, policy, prm, tmp_path, slow=True), results, rows_before_kill)
         assert rows_before_kill <= len(results.read_text().splitlines()) < total, "not killed mid-run"
     # a kill in the middle of a unit's write: its second row lost and the first... torn
     lines = results.read_text().splitlines(keepends=True)
@@ -86,24 +103,23 @@ def test_a_killed_and_resumed_study_gives_the_rows_of_an_uninterrupted_one(study
     assert last["unit_size"] == 2
     kept = [line for line in lines if json.loads(line)["unit"] != last["unit"]]
     results.write_text("".join(kept) + lines[-1] + lines[-1][:25])
-    run(cmd)
+    run(command(data, policy, prm, tmp_path))
     assert_same_rows(by_key(tmp_path), by_key(uninterrupted))
     assert len(by_key(tmp_path)) == total
 
 
 def test_ctrl_c_saves_says_how_to_resume_and_exits_130(study_inputs, uninterrupted, tmp_path):
     data, policy, prm = study_inputs
-    cmd = command(data, policy, prm, tmp_path)
-    proc = start_and_kill(cmd, tmp_path / "results.jsonl", 2, signal.SIGINT)
-    err = proc.stderr.read()
-    assert proc.returncode == 130, err[-3000:]
+    code, err = start_and_kill(command(data, policy, prm, tmp_path, slow=True), tmp_path / "results.jsonl", 2,
+                               signal.SIGINT)
+    assert code == 130, err[-3000:]
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]
     saved = len((tmp_path / "results.jsonl").read_text().splitlines())
     assert line.startswith(f"interrupted: {saved} result rows and ")
     assert f"saved in {tmp_path}; the same command resumes: python -m tts_engine.run --policy {policy} " \
         in line
-    run(cmd)
+    run(command(data, policy, prm, tmp_path))
     assert_same_rows(by_key(tmp_path), by_key(uninterrupted))
 
 
