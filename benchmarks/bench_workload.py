@@ -206,6 +206,8 @@ def run_timed(replica: Replica, method: str, policy: str, prm: str, cfg: SearchC
     for k, e in engines.items():
         meters[k].attach(e)
     problems = tuple(math500_shaped(args.problems, seed=0))
+    for e in engines.values():
+        e.reset_stats()                   # (the KV peak of this run, not of the warm-ups)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.set_sync_debug_mode("warn")

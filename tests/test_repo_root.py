@@ -69,3 +69,15 @@ def test_no_top_level_name_of_the_repo_collides_with_an_installed_distribution()
                if name in installed and not set(installed[name]) <= ours]
     assert not clashes, "\n".join(clashes)
     assert "tts_engine" in importable_at_root()      # the scan does see the repo's own package
+
+
+def test_every_package_of_the_tree_is_installed():
+    """An editable install finds any folder; a wheel holds only what pyproject.toml lists."""
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    found = {"tts_engine.kernels"}
+    for dirpath, _, files in os.walk(os.path.join(ROOT, "tts_engine")):
+        if "__init__.py" in files:
+            found.add(os.path.relpath(dirpath, ROOT).replace(os.sep, "."))
+    assert found == listed, f"not listed: {sorted(found - listed)}; absent: {sorted(listed - found)}"

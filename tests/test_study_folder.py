@@ -70,7 +70,10 @@ def start_and_kill(cmd, results, rows_before_kill: int, sig=signal.SIGKILL) -> t
     """Start the study, send `sig` once results.jsonl has that many rows; its exit code and stderr."""
     err = results.parent / "stderr.txt"
     with open(err, "w") as f:     # (a file, not a pipe nobody reads while it runs)
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f, text=True)
+        # (SIGINT back to its default: a test run in a background job inherits it ignored, and
+        # Python installs its KeyboardInterrupt handler only over the default)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             if results.exists() and len(results.read_text().splitlines()) >= rows_before_kill:
@@ -204,3 +207,22 @@ def test_progress_names_the_running_unit_and_counts_planned_samples(tmp_path):
     assert progress.bar.n == 24 and progress.tokens == 45
     assert [r["unit_size"] for r in stores[1].rows] == [3, 3, 3] and not stores[0].rows
     progress.bar.close()
+
+
+def test_a_folder_in_use_is_refused(study_inputs, tmp_path, capsys):
+    import fcntl
+    data, policy, prm = study_inputs
+    with open(tmp_path / ".lock", "a+") as held:     # as a running study holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(args(data, policy, prm, tmp_path, *RUN)) == 2
+    assert "is in use by another running study" in capsys.readouterr().err
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_unit_written_twice_counts_once(tmp_path):
+    path = tmp_path / "r.jsonl"
+    unit = [json.dumps({"id": i, "unit": "a", "unit_size": 2, "settings": "k"}) for i in (0, 1)]
+    path.write_text("\n".join(unit + unit) + "\n")
+    store = Store(str(path), "k", lambda r: r["id"])
+    assert [r["id"] for r in store.rows] == [0, 1] and store.done == {0, 1}
+

@@ -54,6 +54,23 @@ def bad_files(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def broken_policies(study_inputs, tmp_path_factory):
+    """The test policy without its tokenizer.json, and without its chat template."""
+    import shutil
+    _, policy, _ = study_inputs
+    d = tmp_path_factory.mktemp("broken")
+    shutil.copytree(policy, d / "no_tokenizer")
+    (d / "no_tokenizer" / "tokenizer.json").unlink()
+    shutil.copytree(policy, d / "no_template")
+    config = json.loads((d / "no_template" / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (d / "no_template" / "tokenizer_config.json").write_text(json.dumps(config))
+    for extra in (d / "no_template").glob("chat_template.jinja"):
+        extra.unlink()
+    return d
+
+
 CASES = [
     # (what, the option and its values ({d}: the bad files' folder), the message)
     ("an empty folder as --policy", ["--policy", "{d}/empty_model"],
@@ -94,13 +111,32 @@ CASES = [
 ]
 
 
+CASES += [
+    ("a policy without its tokenizer", ["--policy", "{b}/no_tokenizer"],
+     "--policy '{b}/no_tokenizer': no tokenizer.json in"),
+    ("a prompt style the policy's tokenizer cannot write",
+     ["--policy", "{b}/no_template", "--prompt-style", "qwen"],
+     "--policy '{b}/no_template' has no chat template, which --prompt-style qwen needs"),
+    ("compute-optimal without difficulty samples",
+     ["--method", "compute-optimal", "--difficulty-samples", "0"],
+     "--method compute-optimal picks by difficulty bin: it needs --difficulty-samples >= 1, got 0"),
+]
+
+
 @pytest.mark.parametrize("what,change,message", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_exits_2_before_any_model_loads(study_inputs, bad_files, tmp_path, what, change, message):
+def test_bad_input_exits_2_before_any_model_loads(study_inputs, bad_files, broken_policies, tmp_path, what,
+                                                  change, message):
     data, policy, prm = study_inputs
     out = tmp_path / "out"
-    names = dict(d=bad_files, policy=policy, prm=prm, policy_name=os.path.basename(policy))
-    flag, *values = [v.format(**names) for v in change]
-    argv = replace_option(args(data, policy, prm, out, "--method", "bon", "beam"), flag, *values)
+    names = dict(d=bad_files, b=broken_policies, policy=policy, prm=prm, policy_name=os.path.basename(policy))
+    argv = args(data, policy, prm, out, "--method", "bon", "beam")
+    change = [v.format(**names) for v in change]
+    while change:                       # (flag, values...) pairs, values up to the next flag
+        flag, values = change[0], []
+        change = change[1:]
+        while change and not change[0].startswith("--"):
+            values.append(change.pop(0))
+        argv = replace_option(argv, flag, *values)
     res = cli(argv)
     expected = message.format(**names)
     assert res.returncode == 2, (what, res.returncode, res.stderr[-2000:])

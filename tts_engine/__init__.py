@@ -36,7 +36,8 @@ def _kernels_from_source_tree() -> None:
         return
     spec = ModuleSpec(name, None, is_package=True)
     spec.submodule_search_locations = [str(folder)]
-    sys.modules[name] = importlib.util.module_from_spec(spec)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    globals()["kernels"] = module      # as the import system sets a submodule on its parent
 
 
 _kernels_from_source_tree()

@@ -41,7 +41,7 @@ from tts_engine.search import SearchConfig
 from tts_engine.search.compute_optimal import apply_table, calibration, choose_table
 from tts_engine.search.difficulty import bin_of
 from tts_engine.study.checks import (MAX_N, UsageError, check_dataset, check_device, check_model,
-                                     check_options, check_out, check_pretrain_tokens)
+                                     check_options, check_out, check_pretrain_tokens, lock_out)
 from tts_engine.study.manifest import Manifest, dataset_identity, model_identity, reconcile, settings_of
 from tts_engine.study.store import Store, read_rows
 from tts_engine.tasks.data import Problem
@@ -135,27 +135,42 @@ class Plan:
     manifest: Manifest
     device: str
     pretrain_tokens: dict[str, int]
+    results: Store
+    difficulty: Store
+    lock: object             # the folder's lock file, held while the study runs
 
 
 def check(args: argparse.Namespace) -> Plan:
     """Every input checked before a model is loaded, and the folder's manifest reconciled."""
     if args.toy:            # the toy world's models and problems (written into OUT) stand in
+        if args.cot_only:
+            raise UsageError("--cot-only needs --policy (the toy study's CoT-only baseline is its large "
+                             "policy)")
         check_out(args.out)
         toy_study(args)
     check_options(args, NEEDS_PRM)
     check_out(args.out)
-    everything, problems = check_dataset(args.dataset, args.limit)
-    device = check_device(args.device)
-    infos = [check_model(p, "policy") for p in args.policy]
-    infos += [check_model(p, "prm", args.prm_kind) for p in args.prm]
-    names = [model_name(i.path) for i in infos]
-    twice = [n for n in names if names.count(n) > 1]
-    if twice:
-        raise UsageError(f"two models are named {twice[0]!r} (results name models by folder): rename one")
-    pretrain_tokens = check_pretrain_tokens(args.pretrain_tokens, names)
-    manifest = Manifest(_version(), settings_of(args, device), dataset_identity(args.dataset, everything),
-                        {name: model_identity(info) for name, info in zip(names, infos)})
-    return Plan(problems, reconcile(args.out, manifest), device, pretrain_tokens)
+    lock = lock_out(args.out)
+    try:
+        everything, problems = check_dataset(args.dataset, args.limit)
+        device = check_device(args.device)
+        infos = [check_model(p, "policy", prompt_style=args.prompt_style) for p in args.policy]
+        infos += [check_model(p, "prm", args.prm_kind) for p in args.prm]
+        names = [model_name(i.path) for i in infos]
+        twice = [n for n in names if names.count(n) > 1]
+        if twice:
+            raise UsageError(f"two models are named {twice[0]!r} (results name models by folder): "
+                             f"rename one")
+        pretrain_tokens = check_pretrain_tokens(args.pretrain_tokens, names)
+        manifest = Manifest(_version(), settings_of(args, device),
+                            dataset_identity(args.dataset, everything),
+                            {name: model_identity(info) for name, info in zip(names, infos)})
+        manifest = reconcile(args.out, manifest)
+        results, difficulty = stores(args, manifest.key)
+        return Plan(problems, manifest, device, pretrain_tokens, results, difficulty, lock)
+    except BaseException:
+        lock.close()
+        raise
 
 
 def _version() -> str:
@@ -277,7 +292,7 @@ def stores(args, key: str) -> tuple[Store, Store]:
 
 
 def study(args: argparse.Namespace, plan: Plan) -> dict:
-    results, difficulty = stores(args, plan.manifest.key)
+    results, difficulty = plan.results, plan.difficulty
     units = plan_units(args, plan.problems, results, difficulty)
     settings = Settings(dtype=args.dtype, device=plan.device, seed=args.seed, prm_kind=args.prm_kind,
                         policy_memory=args.policy_memory, prm_memory=args.prm_memory,
@@ -375,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted while checking the inputs: nothing was run", file=sys.stderr)
+        return 130
     try:
         study(args, plan)
     except KeyboardInterrupt:
@@ -383,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: {saved[0]} result rows and {saved[1]} difficulty rows are saved in "
               f"{args.out}; the same command resumes: {command}", file=sys.stderr)
         return 130
+    finally:
+        plan.lock.close()         # (a main() called twice in one process must not lock itself out)
     return 0
 
 

@@ -70,6 +70,9 @@ def check_options(args, needs_prm: set[str]) -> None:
     needs = [m for m in args.method if m in needs_prm]
     if needs and not args.prm:
         raise UsageError(f"--method {' '.join(needs)} needs a PRM: give --prm")
+    if "compute-optimal" in args.method and args.difficulty_samples < 1:
+        raise UsageError("--method compute-optimal picks by difficulty bin: it needs --difficulty-samples "
+                         ">= 1, got 0")
     if {"beam", "dvts", "compute-optimal"} & set(args.method):
         bad = [n for n in args.n if n % args.beam_width]
         if bad:
@@ -106,6 +109,20 @@ def check_out(out: str) -> None:
         raise UsageError(f"--out {out!r} is not writable ({e.strerror or e})") from None
 
 
+def lock_out(out: str):
+    """An exclusive lock on the folder for this run (two runs appending at once would write the
+    same units twice); held while the returned file stays open."""
+    import fcntl
+    f = open(os.path.join(out, ".lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UsageError(f"--out {out!r} is in use by another running study (wait for it, or use another "
+                         f"folder)") from None
+    return f
+
+
 def check_dataset(source: str, limit: int | None) -> tuple[list[Problem], list[Problem]]:
     """All the dataset's problems (its identity) and the first `limit` of them (the study's)."""
     try:
@@ -117,9 +134,10 @@ def check_dataset(source: str, limit: int | None) -> tuple[list[Problem], list[P
     return problems, problems[:limit] if limit is not None else problems
 
 
-def check_model(path: str, role: str, prm_kind: str = "auto") -> ModelInfo:
+def check_model(path: str, role: str, prm_kind: str = "auto", prompt_style: str = "auto") -> ModelInfo:
     """A model folder (or .gguf file) that can serve as `role` ("policy" or "prm"): a recognised
-    architecture, the head the role reads, and for a PRM a family that resolves."""
+    architecture, the head the role reads, a tokenizer that loads (with a chat template when the
+    policy's prompt style needs one), and for a PRM a family that resolves."""
     from tts_engine.models.registry import resolve
     flag = f"--{role}"
     try:
@@ -136,9 +154,22 @@ def check_model(path: str, role: str, prm_kind: str = "auto") -> ModelInfo:
     if role == "policy" and (spec.head.name != "lm_head" or not lm_head):
         raise UsageError(f"{flag} {path!r} is not a policy: {architecture} has no language-model head "
                          f"(a reward model? pass it as --prm)")
+    if role == "policy":
+        _policy_tokenizer(flag, path, ckpt, prompt_style)
     if role == "prm":
         kind = _prm_kind(flag, path, ckpt, names, prm_kind, lm_head)
     return ModelInfo(path, os.path.abspath(resolved), architecture, _parameters(ckpt), kind)
+
+
+def _policy_tokenizer(flag: str, path: str, ckpt, prompt_style: str) -> None:
+    from tts_engine.tokenizer import Tokenizer
+    try:
+        tok = Tokenizer.load(ckpt)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise UsageError(f"{flag} {path!r}: {e}") from None
+    if prompt_style in ("llama3", "qwen") and tok.chat_template is None:
+        raise UsageError(f"{flag} {path!r} has no chat template, which --prompt-style {prompt_style} needs "
+                         f"(use --prompt-style plain or auto)")
 
 
 def _prm_kind(flag: str, path: str, ckpt, names: set[str], kind: str, lm_head: bool) -> str:

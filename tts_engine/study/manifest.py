@@ -18,7 +18,9 @@ from tts_engine.tasks.data import Problem
 # The options that change what a row holds. Methods, budgets, --limit, models and --workers do not
 # (they choose which rows exist); --chunk does, since prefix sharing inside a unit is counted.
 RESULT_SETTINGS = ("seed", "temperature", "top_p", "beam_width", "max_steps", "step_tokens", "max_tokens",
-                   "prompt_style", "dtype", "device", "prm_kind", "difficulty_samples", "chunk")
+                   "prompt_style", "dtype", "device", "prm_kind", "difficulty_samples", "chunk",
+                   # the KV pool's size on a GPU: a smaller pool preempts, and recomputed tokens count
+                   "policy_memory", "prm_memory")
 # Files of a model folder that decide its outputs, hashed whole; weight files are sampled.
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "chat_template.jinja", "special_tokens_map.json", "model.safetensors.index.json")
@@ -130,6 +132,10 @@ def reconcile(folder: str, new: Manifest) -> Manifest:
         new.write(folder)
         return new
     old = Manifest.read(folder)
+    if not any(os.path.getsize(os.path.join(folder, f)) for f in ("results.jsonl", "difficulty.jsonl")
+               if os.path.exists(os.path.join(folder, f))):
+        new.write(folder)        # no row yet (a run stopped before its first unit): nothing to mix
+        return new
     diff = differences(old, new)
     if diff:
         raise UsageError(f"--out {folder!r} holds results made with other settings: {'; '.join(diff)}. Run "

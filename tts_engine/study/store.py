@@ -42,17 +42,29 @@ class Store:
 
     def __init__(self, path: str, key: str, row_key: Callable[[dict], tuple]):
         self.path, self.row_key = path, row_key
-        rows = read_rows(path)
-        count = Counter(r.get("unit") for r in rows)
-        whole = [r for r in rows if count[r.get("unit")] == r.get("unit_size")]
+        rows, seen = [], set()
+        for i, r in enumerate(read_rows(path)):
+            try:
+                entry = (r["unit"], row_key(r))
+            except (KeyError, TypeError):
+                raise UsageError(f"{path}: row {i + 1} is not a study row (no unit, or keys missing): start "
+                                 f"a new folder (--out NEW)") from None
+            if entry not in seen:          # a unit written twice counts once
+                seen.add(entry)
+                rows.append(r)
+        count = Counter(r["unit"] for r in rows)
+        whole = [r for r in rows if count[r["unit"]] == r.get("unit_size")]
         if len(whole) < len(rows):
             self._rewrite(whole)
         alien = [r for r in whole if r.get("settings") != key]
         if alien:
             raise UsageError(f"{path} holds {len(alien)} rows made with settings {alien[0].get('settings')}, "
                              f"not this folder's manifest.json ({key}): start a new folder (--out NEW)")
-        self.rows = whole
-        self.done = {row_key(r) for r in whole}
+        self.rows, self.done = [], set()
+        for r in whole:                    # one row per problem, the first written
+            if row_key(r) not in self.done:
+                self.done.add(row_key(r))
+                self.rows.append(r)
 
     def add_unit(self, rows: list[dict]) -> None:
         """Append a unit's rows together (they already carry settings, unit and unit_size)."""
