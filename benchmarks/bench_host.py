@@ -8,12 +8,18 @@ detokenizer runs), as in a search. Two shapes of a search round, at 64 / 256 / 1
   resubmitted  n requests of one sample each on a cached prefix: the prompt plus each one's own
                first step, as every later round of a beam search submits them.
 
-Per decode step (prefill steps are left out), by phase: schedule (Scheduler.schedule), plan
-(cascade levels), prepare (ModelRunner.prepare without the plan), detokenize (incremental
-detokenization for the stop strings), sample (the sampler's tensor work: kernels on a GPU, CPU
-compute here), postprocess (the rest of Engine.step: the LM head on the sampled rows, forks, the
-one copy back, appending, stop checks, finishing); host = all of it; forward = the model call
-(zero here, or --forward-ms on a sleeping call, which today's synchronous loop adds to the wall).
+Per decode step, by phase (and apart, the host time of the steps that admit the round's requests:
+prefill of what the cache lacks, and the slot-table rows of cached contexts):
+  schedule     Scheduler.schedule
+  plan         cascade levels
+  prepare      ModelRunner.prepare without the plan
+  sample       the sampler's tensor work (kernels on a GPU, CPU compute here)
+  detokenize   incremental detokenization for the stop strings
+  postprocess  the rest of Engine.step: the LM head on the sampled rows, forks, the one copy back,
+               appending, stop checks, finishing
+  host         all of the above
+  forward      the model call: zero here, or --forward-ms on a sleeping call, which today's
+               synchronous loop adds to the wall
 
     python benchmarks/bench_host.py [--seqs 64 256 1024] [--contexts 2048 8192] [--steps 16]
                                     [--forward-ms 0] [--json FILE]
@@ -70,14 +76,14 @@ class Phases:
             t = time.perf_counter()
             out = step()
             wall = time.perf_counter() - t
-            if self.decode_only:
-                p = dict(self.now)
-                p["prepare"] = p.get("prepare", 0.0) - p.get("plan", 0.0)
-                p["wall"] = wall
-                p["host"] = wall - p.get("forward", 0.0)
-                p["postprocess"] = p["host"] - sum(p.get(k, 0.0) for k in ("schedule", "plan", "prepare",
-                                                                            "sample", "detokenize"))
-                self.steps.append(p)
+            p = dict(self.now)
+            p["admission"] = not self.decode_only      # a step with prefill: it admits requests
+            p["prepare"] = p.get("prepare", 0.0) - p.get("plan", 0.0)
+            p["wall"] = wall
+            p["host"] = wall - p.get("forward", 0.0)
+            named = ("schedule", "plan", "prepare", "sample", "detokenize")
+            p["postprocess"] = p["host"] - sum(p.get(k, 0.0) for k in named)
+            self.steps.append(p)
             return out
 
         runner.run, engine.step = tracked_run, timed_step
@@ -95,8 +101,13 @@ class Phases:
         IncrementalDetokenizer.step = self._detok
 
     def mean_ms(self, skip: int) -> dict[str, float]:
-        steps = self.steps[skip:] or self.steps
-        return {k: 1e3 * sum(s.get(k, 0.0) for s in steps) / max(len(steps), 1) for k in PHASES}
+        """Decode steps' mean ms by phase (the first `skip` left out), and the host ms of the steps
+        that admitted the round's requests (prefill), summed."""
+        decode = [s for s in self.steps if not s["admission"]]
+        steps = decode[skip:] or decode
+        out = {k: 1e3 * sum(s.get(k, 0.0) for s in steps) / max(len(steps), 1) for k in PHASES}
+        out["admission"] = 1e3 * sum(s["host"] for s in self.steps if s["admission"])
+        return out
 
 
 def model_folder(folder: str, max_len: int) -> str:
@@ -144,7 +155,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     print(f"{'scenario':<12}{'seqs':>6}{'context':>8}  " + "".join(f"{p:>12}" for p in PHASES)
-          + "   (ms/step)")
+          + f"{'admission':>11}   (ms per decode step; admission: the prefill steps' host ms, summed)")
     with tempfile.TemporaryDirectory() as tmp:
         folder = model_folder(tmp, max(args.contexts) + 4 * args.steps + 256)
         for scenario in ("forked", "resubmitted"):
@@ -152,7 +163,7 @@ def main() -> None:
                 for seqs in args.seqs:
                     r = measure(folder, scenario, seqs, context, args.steps, args.forward_ms)
                     rows.append(r)
-                    cells = "".join(f"{r[p]:>12.2f}" for p in PHASES)
+                    cells = "".join(f"{r[p]:>12.2f}" for p in PHASES) + f"{r['admission']:>11.2f}"
                     print(f"{scenario:<12}{seqs:>6}{context:>8}  {cells}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
