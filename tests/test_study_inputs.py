@@ -117,6 +117,8 @@ CASES += [
     ("a prompt style the policy's tokenizer cannot write",
      ["--policy", "{b}/no_template", "--prompt-style", "qwen"],
      "--policy '{b}/no_template' has no chat template, which --prompt-style qwen needs"),
+    ("a --ray-address without a port", ["--ray-address", "headnode"],
+     "--ray-address must be auto or HOST:PORT (or ray://HOST:PORT), got 'headnode'"),
     ("compute-optimal without difficulty samples",
      ["--method", "compute-optimal", "--difficulty-samples", "0"],
      "--method compute-optimal picks by difficulty bin: it needs --difficulty-samples >= 1, got 0"),

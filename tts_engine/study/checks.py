@@ -18,6 +18,7 @@ from tts_engine.tasks.data import Problem, load_dataset
 # a MemoryError deep inside.
 MAX_N = 4096
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+RAY_ADDRESS = re.compile(r"^(auto|(ray://)?[\w.\-\[\]:]+:\d+)$")
 
 
 class UsageError(Exception):
@@ -82,6 +83,10 @@ def check_options(args, needs_prm: set[str]) -> None:
         import importlib.util
         if importlib.util.find_spec("ray") is None:
             raise UsageError("--workers and --ray-address need Ray: pip install 'tts-engine[ray]'")
+    if args.ray_address is not None and not RAY_ADDRESS.match(args.ray_address):
+        # (ray.init waits on an address it cannot reach: a malformed one is refused here)
+        raise UsageError(f"--ray-address must be auto or HOST:PORT (or ray://HOST:PORT), got "
+                         f"{args.ray_address!r}")
 
 
 def check_device(device: str | None) -> str:
