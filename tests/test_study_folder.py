@@ -204,7 +204,7 @@ def test_progress_names_the_running_unit_and_counts_planned_samples(tmp_path):
     assert progress.bar.desc == "pol dvts N=16, 3 problems"
     tokens = {"policy": 10, "prm": 5}
     progress(units[0], [{"id": p.id, "tokens": tokens} for p in problems], 0)
-    assert progress.bar.n == 24 and progress.tokens == 45
+    assert progress.bar.n == 24 and progress.replicas[0]["tokens"] == 45
     assert [r["unit_size"] for r in stores[1].rows] == [3, 3, 3] and not stores[0].rows
     progress.bar.close()
 

@@ -71,19 +71,25 @@ def find_checkpoint(path: str) -> Checkpoint:
     return Checkpoint(config, lambda: _iter_safetensors(files), path, generation_config=generation)
 
 
-def tensor_names(ckpt: Checkpoint) -> set[str]:
-    """Names of the checkpoint's tensors in Hugging Face's naming, read from the file headers only."""
+def tensor_shapes(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the checkpoint's tensors in Hugging Face's naming, from the file headers only."""
     if ckpt.gguf_path is not None:
-        return {name for name, _ in _gguf_names(gguf_reader(ckpt.gguf_path))}
+        reader = gguf_reader(ckpt.gguf_path)
+        return {name: tuple(int(d) for d in reversed(t.shape)) for name, t in _gguf_names(reader)}
     from safetensors import safe_open
-    names = set()
+    shapes = {}
     for file in safetensors_files(ckpt.folder):
         try:
             with safe_open(file, framework="pt") as f:
-                names.update(f.keys())
+                shapes.update((name, tuple(f.get_slice(name).get_shape())) for name in f.keys())
         except Exception as e:
             raise _unreadable(file, e) from None
-    return names
+    return shapes
+
+
+def tensor_names(ckpt: Checkpoint) -> set[str]:
+    """Names of the checkpoint's tensors in Hugging Face's naming, read from the file headers only."""
+    return set(tensor_shapes(ckpt))
 
 
 def read_json(path: str) -> dict:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
+from tts_engine import __version__
 from tts_engine.flops import pretraining_flops
 from tts_engine.loader import read_json
 from tts_engine.prm import KINDS
@@ -162,7 +163,7 @@ def check(args: argparse.Namespace) -> Plan:
             raise UsageError(f"two models are named {twice[0]!r} (results name models by folder): "
                              f"rename one")
         pretrain_tokens = check_pretrain_tokens(args.pretrain_tokens, names)
-        manifest = Manifest(_version(), settings_of(args, device),
+        manifest = Manifest(__version__, settings_of(args, device),
                             dataset_identity(args.dataset, everything),
                             {name: model_identity(info) for name, info in zip(names, infos)})
         manifest = reconcile(args.out, manifest)
@@ -171,11 +172,6 @@ def check(args: argparse.Namespace) -> Plan:
     except BaseException:
         lock.close()
         raise
-
-
-def _version() -> str:
-    from tts_engine import __version__
-    return __version__
 
 
 def pretraining(plan: Plan, names: list[str]) -> dict[str, int]:
@@ -256,7 +252,6 @@ class Progress:
         self.replicas: dict[int, dict] = {}
         self.stages: dict[str, float] = defaultdict(float)
         self.started: dict[str, float] = {}
-        self.tokens = 0
         self.start = time.perf_counter()
 
     def starting(self, unit: Unit) -> None:
@@ -267,15 +262,14 @@ class Progress:
         stats = self.replicas.setdefault(replica, dict(replica=replica, units=0, problems=0, tokens=0))
         rows = [{**r, "settings": self.key, "unit": unit.key, "unit_size": len(rows)} for r in rows]
         (self.difficulty if unit.kind == "difficulty" else self.results).add_unit(rows)
-        tokens = sum(r["tokens"]["policy"] + r["tokens"]["prm"] for r in rows)
-        stats["tokens"] += tokens
+        stats["tokens"] += sum(r["tokens"]["policy"] + r["tokens"]["prm"] for r in rows)
         stats["units"] += 1
         stats["problems"] += len(unit.problems)
-        self.tokens += tokens
         stage = "difficulty" if unit.kind == "difficulty" else unit.method
         self.stages[stage] += time.perf_counter() - self.started.pop(unit.key, self.start)
         self.bar.update(len(unit.problems) * samples(unit))
-        self.bar.set_postfix_str(f"{self.tokens / max(time.perf_counter() - self.start, 1e-9):.0f} tok/s")
+        total = sum(r["tokens"] for r in self.replicas.values())
+        self.bar.set_postfix_str(f"{total / max(time.perf_counter() - self.start, 1e-9):.0f} tok/s")
 
     def throughput(self) -> dict:
         seconds = time.perf_counter() - self.start

@@ -10,7 +10,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 
-from tts_engine.loader import find_checkpoint, resolve_model_path, tensor_names
+from tts_engine.loader import find_checkpoint, resolve_model_path, safetensors_files, tensor_shapes
 from tts_engine.tasks.data import Problem, load_dataset
 
 # Budgets past this are refused up front: best-of-N keeps N samples of one problem in flight and
@@ -32,6 +32,7 @@ class ModelInfo:
     resolved: str        # the folder or .gguf file it names
     architecture: str
     parameters: int      # from the tensor shapes of the weight files' headers
+    weights: tuple[str, ...]      # the weight files the loader reads
     prm_kind: str | None = None
 
 
@@ -151,19 +152,21 @@ def check_model(path: str, role: str, prm_kind: str = "auto", prompt_style: str 
             raise UsageError(f"{flag} {path!r}: model {path!r} does not exist")
         ckpt = find_checkpoint(resolved)
         architecture, spec = resolve(ckpt.config)
-        names = tensor_names(ckpt)
+        shapes = tensor_shapes(ckpt)
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise UsageError(f"{flag} {path!r}: {e}") from None
-    lm_head = "lm_head.weight" in names or bool(ckpt.config.get("tie_word_embeddings"))
+    lm_head = "lm_head.weight" in shapes or bool(ckpt.config.get("tie_word_embeddings"))
     kind = None
-    if role == "policy" and (spec.head.name != "lm_head" or not lm_head):
-        raise UsageError(f"{flag} {path!r} is not a policy: {architecture} has no language-model head "
-                         f"(a reward model? pass it as --prm)")
     if role == "policy":
+        if spec.head.name != "lm_head" or not lm_head:
+            raise UsageError(f"{flag} {path!r} is not a policy: {architecture} has no language-model head "
+                             f"(a reward model? pass it as --prm)")
         _policy_tokenizer(flag, path, ckpt, prompt_style)
-    if role == "prm":
-        kind = _prm_kind(flag, path, ckpt, names, prm_kind, lm_head)
-    return ModelInfo(path, os.path.abspath(resolved), architecture, _parameters(ckpt), kind)
+    else:
+        kind = _prm_kind(flag, path, ckpt, set(shapes), prm_kind, lm_head)
+    weights = (ckpt.gguf_path,) if ckpt.gguf_path is not None else tuple(safetensors_files(ckpt.folder))
+    parameters = sum(math.prod(shape) for shape in shapes.values())
+    return ModelInfo(path, os.path.abspath(resolved), architecture, parameters, weights, kind)
 
 
 def _policy_tokenizer(flag: str, path: str, ckpt, prompt_style: str) -> None:
@@ -193,21 +196,6 @@ def _prm_kind(flag: str, path: str, ckpt, names: set[str], kind: str, lm_head: b
         raise UsageError(f"{flag} {path!r}: a {kind} PRM reads its {family.head} head, which this checkpoint "
                          f"does not have (a policy? pass it as --policy)")
     return kind
-
-
-def _parameters(ckpt) -> int:
-    """Parameters counted from the weight files' headers (no tensor is read)."""
-    if ckpt.gguf_path is not None:
-        from tts_engine.loader import gguf_reader
-        return sum(int(t.n_elements) for t in gguf_reader(ckpt.gguf_path).tensors)
-    from safetensors import safe_open
-    from tts_engine.loader import safetensors_files
-    total = 0
-    for file in safetensors_files(ckpt.folder):
-        with safe_open(file, framework="pt") as f:
-            for name in f.keys():
-                total += math.prod(f.get_slice(name).get_shape())
-    return total
 
 
 def check_pretrain_tokens(items: list[str], names: list[str]) -> dict[str, int]:

@@ -75,16 +75,12 @@ def model_identity(info: ModelInfo) -> dict:
     model of the same shapes differs in every block; reading a few MB keeps this instant)."""
     path = info.resolved
     h = hashlib.blake2b(digest_size=8)
-    if os.path.isdir(path):
-        files = [os.path.join(path, f) for f in MODEL_FILES if os.path.isfile(os.path.join(path, f))]
-        weights = sorted(os.path.join(path, f) for f in os.listdir(path)
-                         if f.endswith((".safetensors", ".gguf")))
-    else:
-        files, weights = [], [path]
+    files = [os.path.join(path, f) for f in MODEL_FILES if os.path.isfile(os.path.join(path, f))] \
+        if os.path.isdir(path) else []
     for file in files:
         with open(file, "rb") as f:
             h.update(os.path.basename(file).encode() + b"\0" + f.read())
-    for file in weights:
+    for file in info.weights:
         _sample(h, file)
     return {"path": path, "hash": h.hexdigest(), "architecture": info.architecture,
             "parameters": info.parameters, "prm_kind": info.prm_kind}
