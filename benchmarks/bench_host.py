@@ -124,24 +124,22 @@ def measure(folder: str, scenario: str, seqs: int, context: int, steps: int, for
               kv_cache_tokens=context + seqs * (2 * steps + 80) + 4096)
     g = torch.Generator().manual_seed(context + seqs)
     prompt = torch.randint(2, 258, (context,), generator=g).tolist()
-    params = SamplingParams(temperature=1.0, max_tokens=steps + 4, ignore_eos=True, stop=["\n\n"], seed=1)
+
+    def params(**changes) -> SamplingParams:
+        return SamplingParams(**{"temperature": 1.0, "max_tokens": steps + 4, "ignore_eos": True,
+                                 "stop": ["\n\n"], "seed": 1, **changes})
+
     if scenario == "forked":
         phases = Phases(llm, forward_ms)
-        llm.generate({"prompt_token_ids": prompt}, _with(params, n=seqs), use_tqdm=False)
+        llm.generate({"prompt_token_ids": prompt}, params(n=seqs), use_tqdm=False)
     else:
-        first = llm.generate({"prompt_token_ids": prompt}, _with(params, n=seqs, max_tokens=32),
-                             use_tqdm=False)
+        first = llm.generate({"prompt_token_ids": prompt}, params(n=seqs, max_tokens=32), use_tqdm=False)
         beams = [{"prompt_token_ids": prompt + list(c.token_ids)} for c in first[0].outputs]
         phases = Phases(llm, forward_ms)
-        llm.generate(beams, [_with(params, seed=i) for i in range(len(beams))], use_tqdm=False)
+        llm.generate(beams, [params(seed=i) for i in range(len(beams))], use_tqdm=False)
     phases.close()
     return {"scenario": scenario, "seqs": seqs, "context": context, "steps": len(phases.steps),
             **phases.mean_ms(skip=2)}
-
-
-def _with(params: SamplingParams, **changes) -> SamplingParams:
-    fields = {k: getattr(params, k) for k in ("temperature", "max_tokens", "ignore_eos", "stop", "seed", "n")}
-    return SamplingParams(**{**fields, **changes})
 
 
 def main() -> None:

@@ -45,6 +45,13 @@ def timeit(fn, device, iters=20, warmup=3) -> float:
     return (time.perf_counter() - t) / iters
 
 
+def copy_bandwidth(device: str, nbytes: int) -> float:
+    """Bytes per second of a device-to-device copy (read + write): the roofline for reading KV."""
+    buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(buf)
+    return 2 * nbytes / timeit(lambda: dst.copy_(buf), device)
+
+
 def make_case(n_seqs, prefix, own, hq, hkv, d, dtype, device):
     """A pool where all sequences share `prefix` slots and each has `own` more, shuffled; each
     sequence's slots sit in its row of a slot table, as in the engine. Returns q, the caches, the
@@ -87,12 +94,7 @@ def main():
     scale = 64 if args.smoke else 8 if device == "cpu" else 1       # shapes divided by this off the GPU
     k = 1024 // scale
 
-    # device-to-device copy bandwidth, the roofline for reading KV
-    buf = torch.empty(1024 * 2**20 // scale, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(buf)
-    t = timeit(lambda: dst.copy_(buf), device)
-    copy_bw = 2 * buf.numel() / t
-    del buf, dst
+    copy_bw = copy_bandwidth(device, 1024 * 2**20 // scale)
     print(f"\ndevice: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}; dtype {dtype}; "
           f"{ops.__name__}; copy bandwidth {copy_bw / 1e9:.0f} GB/s")
     print(f"{'model':<14}{'kernel':<9}{'shape':<26}{'time':>11}{'':>20}{'':>22}")

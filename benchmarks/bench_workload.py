@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from bench_kernels import copy_bandwidth
 from tts_engine.random_model import LLAMA_3_2_1B, QWEN2_5_1_5B, save_random_model
 from tts_engine.replica import Replica, Settings, Unit
 from tts_engine.search import SearchConfig
@@ -116,20 +117,6 @@ class Meter:
                 f"{(self.wall - self.forward) / n * 1e3:8.2f} ms host")
 
 
-def copy_bandwidth(device: str) -> float:
-    buf = torch.empty(1 << 30 if device == "cuda" else 1 << 24, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(buf)
-    dst.copy_(buf)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(10):
-        dst.copy_(buf)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return 2 * buf.numel() * 10 / (time.perf_counter() - t)
-
-
 def triton_cache() -> str:
     folder = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
     files = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
@@ -176,7 +163,7 @@ def main() -> None:
     cuda = device == "cuda"
     if cuda and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --smoke on a CPU")
-    bandwidth = copy_bandwidth(device)
+    bandwidth = copy_bandwidth(device, 1 << 30 if cuda else 1 << 24)
     cfg = SearchConfig(n=args.n, beam_width=args.beam_width, temperature=0.7, top_p=1.0,
                        max_steps=args.max_steps, step_tokens=args.step_tokens,
                        max_tokens=args.step_tokens * args.max_steps, seed=0)
