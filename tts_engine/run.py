@@ -44,7 +44,7 @@ from tts_engine.search.difficulty import bin_of
 from tts_engine.study.checks import (MAX_N, UsageError, check_dataset, check_device, check_model,
                                      check_options, check_out, check_pretrain_tokens, lock_out)
 from tts_engine.study.manifest import Manifest, dataset_identity, model_identity, reconcile, settings_of
-from tts_engine.study.store import Store, read_rows
+from tts_engine.study.store import Store
 from tts_engine.tasks.data import Problem
 from tts_engine.tasks.prompts import STYLES
 
@@ -390,10 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study(args, plan)
     except KeyboardInterrupt:
-        saved = [len(read_rows(os.path.join(args.out, f))) for f in ("results.jsonl", "difficulty.jsonl")]
         command = shlex.join(["python", "-m", "tts_engine.run", *argv])
-        print(f"\ninterrupted: {saved[0]} result rows and {saved[1]} difficulty rows are saved in "
-              f"{args.out}; the same command resumes: {command}", file=sys.stderr)
+        print(f"\ninterrupted: {len(plan.results.rows)} result rows and {len(plan.difficulty.rows)} "
+              f"difficulty rows are saved in {args.out}; the same command resumes: {command}", file=sys.stderr)
         return 130
     finally:
         plan.lock.close()         # (a main() called twice in one process must not lock itself out)
