@@ -392,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         command = shlex.join(["python", "-m", "tts_engine.run", *argv])
         print(f"\ninterrupted: {len(plan.results.rows)} result rows and {len(plan.difficulty.rows)} "
-              f"difficulty rows are saved in {args.out}; the same command resumes: {command}", file=sys.stderr)
+              f"difficulty rows are saved in {args.out}; the same command resumes: {command}",
+              file=sys.stderr)
         return 130
     finally:
         plan.lock.close()         # (a main() called twice in one process must not lock itself out)
