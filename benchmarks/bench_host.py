@@ -11,18 +11,21 @@ detokenizer runs), as in a search. Two shapes of a search round, at 64 / 256 / 1
 Per decode step, by phase (and apart, the host time of the steps that admit the round's requests:
 prefill of what the cache lacks, and the slot-table rows of cached contexts):
   schedule     Scheduler.schedule
-  plan         cascade levels
-  prepare      ModelRunner.prepare without the plan
-  sample       the sampler's tensor work (kernels on a GPU, CPU compute here)
+  plan         cascade levels (engine/cascade.py)
+  prepare      the runner's host half (ModelRunner.prepare) without the plan
   detokenize   incremental detokenization for the stop strings
-  postprocess  the rest of Engine.step: the LM head on the sampled rows, forks, the one copy back,
-               appending, stop checks, finishing
-  host         all of the above
-  forward      the model call: zero here, or --forward-ms on a sleeping call, which today's
-               synchronous loop adds to the wall
+  postprocess  the rest of Engine._postprocess: appending, stop checks, finishing
+  host         all of the above: the loop's work on the host
+  device       the runner's device half (ModelRunner.execute: upload, slot-table writes, forward,
+               sampling, the copy back); on this CPU it runs on the engine's worker thread
+  forward      the model call inside it: zero here, or --forward-ms on a sleeping call
+  wall         per decode step, end to end
+
+The overlapped loop (the default) hides the host's work behind the device's: its wall is about
+max(host, device) where one step at a time (--sync) pays host + device.
 
     python benchmarks/bench_host.py [--seqs 64 256 1024] [--contexts 2048 8192] [--steps 16]
-                                    [--forward-ms 0] [--json FILE]
+                                    [--forward-ms 0] [--sync] [--json FILE]
 """
 from __future__ import annotations
 
@@ -38,64 +41,74 @@ from tts_engine import LLM, SamplingParams
 from tts_engine.engine.detokenizer import IncrementalDetokenizer
 from tts_engine.random_model import save_random_model
 
-PHASES = ("schedule", "plan", "prepare", "sample", "detokenize", "postprocess", "host", "forward", "wall")
+PHASES = ("schedule", "plan", "prepare", "detokenize", "postprocess", "host", "device", "forward", "wall")
 
 
 class Phases:
-    """Wraps the engine's parts with timers; `step()` gives one decode step's seconds by phase."""
+    """Wraps the engine's parts with timers, each time booked to the batch it works on (the
+    overlapped loop works on two at once: one on the host, one on the device)."""
 
     def __init__(self, llm: LLM, forward_ms: float):
         engine, runner = llm.engine, llm.engine.runner
-        self.now: dict[str, float] = defaultdict(float)
-        self.steps: list[dict[str, float]] = []
-        self.decode_only = False
-        timed = self._timed
-        engine.scheduler.schedule = timed("schedule", engine.scheduler.schedule)
-        runner.cascade_levels = timed("plan", runner.cascade_levels)
-        runner.prepare = timed("prepare", runner.prepare)
-        engine.sampler = timed("sample", engine.sampler)
-        self._detok = IncrementalDetokenizer.step
-        IncrementalDetokenizer.step = timed("detokenize", self._detok)
+        self.batches: list[dict] = []             # per batch: its seconds by phase, and what it was
+        self.current: dict | None = None          # the batch the host works on now
+        sched, prepare, execute = engine.scheduler.schedule, runner.prepare, runner.execute
+        post = engine._postprocess
+        plan, self._detok = runner.cascade_levels, IncrementalDetokenizer.step
         model = runner.model
 
-        def zero_forward(input_ids, positions, meta):
-            if forward_ms:
-                time.sleep(forward_ms / 1e3)      # a forward on the device, as the host sees it
-            return torch.zeros(input_ids.shape[0], model.cfg.hidden_size, dtype=torch.float32)
-
-        self._forward = model.forward
-        model.forward = timed("forward", zero_forward)
-        run, step = runner.run, engine.step
-
-        def tracked_run(batch):
-            self.decode_only = bool(batch.decode) and not batch.prefill
-            return run(batch)
-
-        def timed_step():
-            self.now.clear()
+        def book(name, fn, batch):
             t = time.perf_counter()
-            out = step()
-            wall = time.perf_counter() - t
-            p = dict(self.now)
-            p["admission"] = not self.decode_only      # a step with prefill: it admits requests
-            p["prepare"] = p.get("prepare", 0.0) - p.get("plan", 0.0)
-            p["wall"] = wall
-            p["host"] = wall - p.get("forward", 0.0)
-            named = ("schedule", "plan", "prepare", "sample", "detokenize")
-            p["postprocess"] = p["host"] - sum(p.get(k, 0.0) for k in named)
-            self.steps.append(p)
+            out = fn()
+            batch.bench_row[name] += time.perf_counter() - t
             return out
 
-        runner.run, engine.step = tracked_run, timed_step
-
-    def _timed(self, name, fn):
-        def wrapper(*args, **kwargs):
+        def timed_schedule():
             t = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.now[name] += time.perf_counter() - t
-        return wrapper
+            batch = sched()
+            batch.bench_row = row = defaultdict(float)      # (an attribute: ids of freed batches recur)
+            row["schedule"] = time.perf_counter() - t
+            row["admission"] = not (batch.decode and not batch.prefill)
+            self.batches.append(row)
+            return batch
+
+        def timed_prepare(batch, eos):
+            self.current = batch.bench_row
+            return book("prepare", lambda: prepare(batch, eos), batch)
+
+        def timed_post(batch, out):
+            self.current = batch.bench_row
+            return book("postprocess", lambda: post(batch, out), batch)
+
+        def timed_execute(prep):
+            self.forward = 0.0
+            out = book("device", lambda: execute(prep), prep.batch)
+            prep.batch.bench_row["forward"], prep.batch.bench_row["end"] = self.forward, time.perf_counter()
+            return out
+
+        def on_host(name, fn):
+            def wrapper(*args, **kwargs):
+                t = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self.current[name] += time.perf_counter() - t
+            return wrapper
+
+        def zero_forward(input_ids, positions, meta):
+            t = time.perf_counter()
+            if forward_ms:
+                time.sleep(forward_ms / 1e3)      # a forward on the device, as the host sees it
+            out = torch.zeros(input_ids.shape[0], model.cfg.hidden_size, dtype=torch.float32)
+            self.forward += time.perf_counter() - t
+            return out
+
+        self.forward = 0.0
+        engine.scheduler.schedule, runner.prepare = timed_schedule, timed_prepare
+        engine._postprocess = timed_post
+        runner.execute, model.forward = timed_execute, zero_forward
+        runner.cascade_levels = on_host("plan", plan)
+        IncrementalDetokenizer.step = on_host("detokenize", self._detok)
 
     def close(self) -> None:
         IncrementalDetokenizer.step = self._detok
@@ -103,10 +116,16 @@ class Phases:
     def mean_ms(self, skip: int) -> dict[str, float]:
         """Decode steps' mean ms by phase (the first `skip` left out), and the host ms of the steps
         that admitted the round's requests (prefill), summed."""
-        decode = [s for s in self.steps if not s["admission"]]
-        steps = decode[skip:] or decode
-        out = {k: 1e3 * sum(s.get(k, 0.0) for s in steps) / max(len(steps), 1) for k in PHASES}
-        out["admission"] = 1e3 * sum(s["host"] for s in self.steps if s["admission"])
+        rows = [r for r in self.batches if "end" in r]
+        for r in rows:
+            r["prepare"] -= r.get("plan", 0.0)
+            r["postprocess"] -= r.get("detokenize", 0.0)
+            r["host"] = sum(r.get(k, 0.0) for k in PHASES[:5])
+        decode = [r for r in rows if not r["admission"]][skip:]
+        out = {k: 1e3 * sum(r.get(k, 0.0) for r in decode) / max(len(decode), 1) for k in PHASES}
+        ends = [r["end"] for r in decode]
+        out["wall"] = 1e3 * (ends[-1] - ends[0]) / max(len(ends) - 1, 1) if len(ends) > 1 else 0.0
+        out["admission"] = 1e3 * sum(r["host"] for r in rows if r["admission"])
         return out
 
 
@@ -119,8 +138,9 @@ def model_folder(folder: str, max_len: int) -> str:
     return folder
 
 
-def measure(folder: str, scenario: str, seqs: int, context: int, steps: int, forward_ms: float) -> dict:
-    llm = LLM(folder, dtype="float32", device="cpu", max_num_seqs=seqs, seed=0,
+def measure(folder: str, scenario: str, seqs: int, context: int, steps: int, forward_ms: float,
+            overlap: bool) -> dict:
+    llm = LLM(folder, dtype="float32", device="cpu", max_num_seqs=seqs, seed=0, overlap=overlap,
               kv_cache_tokens=context + seqs * (2 * steps + 80) + 4096)
     g = torch.Generator().manual_seed(context + seqs)
     prompt = torch.randint(2, 258, (context,), generator=g).tolist()
@@ -138,8 +158,8 @@ def measure(folder: str, scenario: str, seqs: int, context: int, steps: int, for
         phases = Phases(llm, forward_ms)
         llm.generate(beams, [params(seed=i) for i in range(len(beams))], use_tqdm=False)
     phases.close()
-    return {"scenario": scenario, "seqs": seqs, "context": context, "steps": len(phases.steps),
-            **phases.mean_ms(skip=2)}
+    return {"scenario": scenario, "seqs": seqs, "context": context, "overlap": overlap,
+            "steps": len(phases.batches), **phases.mean_ms(skip=2)}
 
 
 def main() -> None:
@@ -149,20 +169,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16,
                     help="decode steps per case (the first 2 are not counted)")
     ap.add_argument("--forward-ms", type=float, default=0.0, help="the forward's time, a sleep")
+    ap.add_argument("--sync", action="store_true", help="also run one step at a time, for comparison")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     rows = []
-    print(f"{'scenario':<12}{'seqs':>6}{'context':>8}  " + "".join(f"{p:>12}" for p in PHASES)
+    print(f"{'scenario':<12}{'seqs':>6}{'context':>8}{'loop':>9}" + "".join(f"{p:>12}" for p in PHASES)
           + f"{'admission':>11}   (ms per decode step; admission: the prefill steps' host ms, summed)")
     with tempfile.TemporaryDirectory() as tmp:
         folder = model_folder(tmp, max(args.contexts) + 4 * args.steps + 256)
         for scenario in ("forked", "resubmitted"):
             for context in args.contexts:
                 for seqs in args.seqs:
-                    r = measure(folder, scenario, seqs, context, args.steps, args.forward_ms)
-                    rows.append(r)
-                    cells = "".join(f"{r[p]:>12.2f}" for p in PHASES) + f"{r['admission']:>11.2f}"
-                    print(f"{scenario:<12}{seqs:>6}{context:>8}  {cells}", flush=True)
+                    for overlap in (True, False) if args.sync else (True,):
+                        r = measure(folder, scenario, seqs, context, args.steps, args.forward_ms, overlap)
+                        rows.append(r)
+                        cells = "".join(f"{r[p]:>12.2f}" for p in PHASES) + f"{r['admission']:>11.2f}"
+                        loop = "overlap" if overlap else "sync"
+                        print(f"{scenario:<12}{seqs:>6}{context:>8}{loop:>9}{cells}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

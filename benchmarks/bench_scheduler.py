@@ -40,7 +40,7 @@ def fill(sched: Scheduler, rng: random.Random, prompt: int, samples: int, tokens
 
 def run(slots: int, prompt: int, samples: int, tokens: int, requests: int, steps: int, seed: int = 0) -> dict:
     rng = random.Random(seed)
-    sched = Scheduler(EngineConfig(model="none", max_num_seqs=requests * samples), slots)
+    sched = Scheduler(EngineConfig(model="none", max_num_seqs=requests * samples), slots, prompt + tokens + 1)
     fill(sched, rng, prompt, samples, tokens)
     params = SamplingParams(n=samples, max_tokens=tokens)
     next_id = [0]
@@ -58,11 +58,8 @@ def run(slots: int, prompt: int, samples: int, tokens: int, requests: int, steps
         work0 = getattr(sched.cache, "work", 0)
         t = time.perf_counter()
         batch = sched.schedule()
-        sampling = batch.sampling
-        for seq in list(sampling):
-            if seq.forks:
-                sampling += sched.fork(seq)
-        for seq in sampling:            # what the engine does with a sampled token
+        for seq in batch.sampling:      # what the engine does with a sampled token
+            seq.in_flight -= 1
             seq.token_ids.append(rng.randrange(1 << 20))
             if seq.num_output_tokens >= tokens:
                 sched.finish(seq)

@@ -8,9 +8,10 @@ as the timed run (compiles and graph capture stay out of the timed window), then
 method it prints:
 
 - policy tokens/s and problems/hour;
-- per engine step (policy and PRM apart): wall ms, the forward's window on the GPU (CUDA events
-  around the model call; on the CPU its wall time), host ms (the rest of the step: scheduling,
-  preparing, sampling, postprocessing), and host-device syncs (torch.cuda.set_sync_debug_mode);
+- per engine step (policy and PRM apart): wall ms (Engine.run over its steps), the device half's
+  window on the GPU (CUDA events around ModelRunner.execute: upload, forward, sampling, the copy
+  back; on the CPU its wall time), the device's idle ms (wall minus that: host work the overlapped
+  loop did not hide), and host-device syncs (torch.cuda.set_sync_debug_mode);
 - KV pool tokens and peak use, torch.cuda.max_memory_reserved, the Triton cache's size;
 - the roofline of shared/docs/engine-anchors.md section 7 for the policy's decode steps, from what
   they read: weights (the LM head in full, embedding rows gathered) plus either every sequence's
@@ -59,62 +60,62 @@ def math500_shaped(count: int, seed: int) -> list[Problem]:
 
 @dataclass
 class Meter:
-    """Times one engine's steps from outside (its step and model call wrapped, nothing changed)."""
+    """Times one engine from outside (its loop and its device half wrapped, nothing changed)."""
     cuda: bool
     steps: int = 0
-    wall: float = 0.0                 # seconds in Engine.step
-    decode_wall: float = 0.0          # of which in steps that only decode
+    wall: float = 0.0                 # seconds in Engine.run
+    decode_wall: float = 0.0          # of which in the device half of steps that only decode
     audit: float = 0.0                # seconds spent reading what the decode steps read (not counted)
-    forward: float = 0.0              # seconds of the model call: GPU window on CUDA, wall on the CPU
+    forward: float = 0.0              # seconds of the device half: GPU window on CUDA, wall on the CPU
     decode_steps: list = field(default_factory=list)   # (sequences, context tokens, unique slots)
     events: list = field(default_factory=list)
 
     def attach(self, engine, audit_every: int = 8) -> None:
-        step, run = engine.step, engine.runner.run
+        run, execute = engine.run, engine.runner.execute
 
-        def timed_step():
-            decodes, audit = len(self.decode_steps), self.audit
+        def timed_run(*args, **kwargs):
+            audit = self.audit
             t = time.perf_counter()
-            out = step()
+            run(*args, **kwargs)
             if self.cuda:
-                torch.cuda.synchronize()      # (a PRM step that samples nothing ends without a sync)
-            seconds = time.perf_counter() - t - (self.audit - audit)     # the audit is ours, not the step's
-            self.wall += seconds
-            self.decode_wall += seconds if len(self.decode_steps) > decodes else 0.0
-            self.steps += 1
-            return out
+                torch.cuda.synchronize()
+            self.wall += time.perf_counter() - t - (self.audit - audit)    # the audit is ours
 
-        def timed_run(batch):
-            if batch.decode and not batch.prefill:
+        def timed_execute(prep):
+            batch, decode_only = prep.batch, bool(prep.batch.decode) and not prep.batch.prefill
+            self.steps += 1
+            if decode_only:
                 t = time.perf_counter()
                 seqs, unique = batch.decode, None
                 if len(self.decode_steps) % audit_every == 0:
-                    unique = len(set().union(*(s.slots[:s.num_computed] for s in seqs)))
-                self.decode_steps.append((len(seqs), sum(s.num_computed for s in seqs), unique))
+                    unique = len(set().union(*(s.slots[:n] for s, n in zip(seqs, batch.decode_lens))))
+                self.decode_steps.append((len(seqs), sum(batch.decode_lens), unique))
                 self.audit += time.perf_counter() - t
             if self.cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-                out = run(batch)
+                out = execute(prep)
                 end.record()
-                self.events.append((start, end))
+                self.events.append((start, end, decode_only))
                 return out
             t = time.perf_counter()
-            out = run(batch)
-            self.forward += time.perf_counter() - t
+            out = execute(prep)
+            self.forward += (seconds := time.perf_counter() - t)
+            self.decode_wall += seconds if decode_only else 0.0
             return out
 
-        engine.step, engine.runner.run = timed_step, timed_run
+        engine.run, engine.runner.execute = timed_run, timed_execute
 
     def settle(self) -> None:
-        self.forward += sum(s.elapsed_time(e) for s, e in self.events) / 1e3
+        self.forward += sum(s.elapsed_time(e) for s, e, _ in self.events) / 1e3
+        self.decode_wall += sum(s.elapsed_time(e) for s, e, decode in self.events if decode) / 1e3
         self.events.clear()
 
     def per_step(self) -> str:
         n = max(self.steps, 1)
         return (f"{self.steps:>6} steps {self.wall / n * 1e3:8.2f} ms wall "
-                f"{self.forward / n * 1e3:8.2f} ms forward "
-                f"{(self.wall - self.forward) / n * 1e3:8.2f} ms host")
+                f"{self.forward / n * 1e3:8.2f} ms device half "
+                f"{max(self.wall - self.forward, 0) / n * 1e3:8.2f} ms device idle")
 
 
 def triton_cache() -> str:
@@ -189,7 +190,7 @@ def run_timed(replica: Replica, method: str, policy: str, prm: str, cfg: SearchC
               bandwidth: float) -> None:
     meters = {"policy": Meter(cuda), "prm": Meter(cuda)}
     engines = {"policy": replica.llm.engine, "prm": replica.prm.engine}
-    originals = {k: (e.step, e.runner.run) for k, e in engines.items()}
+    originals = {k: (e.run, e.runner.execute) for k, e in engines.items()}
     for k, e in engines.items():
         meters[k].attach(e)
     problems = tuple(math500_shaped(args.problems, seed=0))
@@ -208,7 +209,7 @@ def run_timed(replica: Replica, method: str, policy: str, prm: str, cfg: SearchC
         if cuda:
             torch.cuda.set_sync_debug_mode(0)
         for k, e in engines.items():
-            e.step, e.runner.run = originals[k]
+            e.run, e.runner.execute = originals[k]
     syncs = sum("synchroniz" in str(w.message) for w in caught)
     for m in meters.values():
         m.settle()

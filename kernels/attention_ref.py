@@ -65,12 +65,13 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def span_slots(slot_table: torch.Tensor, spans: Spans) -> torch.Tensor:
+def span_slots(slot_table: torch.Tensor, spans: Spans, plan: dict | None = None) -> torch.Tensor:
     """[n, max_len] slots of each span, padded with slot 0 (table entries past a span are stale;
-    callers mask the padding by length). Gathered once per step and cached on the spans."""
-    slots = spans.cache.get("slots")
+    callers mask the padding by length). Gathered once per step (kept in the step's plan)."""
+    plan = {} if plan is None else plan
+    slots = plan.get(("slots", id(spans)))
     if slots is None:
-        slots = spans.cache["slots"] = _slots(slot_table, spans.table_rows, spans.starts, spans.lens,
+        slots = plan[("slots", id(spans))] = _slots(slot_table, spans.table_rows, spans.starts, spans.lens,
                                               max(spans.max_len, 1))
     return slots
 
@@ -105,19 +106,19 @@ def length_buckets(lens: list[int], min_saving: int) -> list[list[int]]:
     return groups
 
 
-def decode_buckets(slot_table: torch.Tensor, spans: Spans, sliding_window: int | None, slot_bytes: int
-                   ) -> list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
+def decode_buckets(slot_table: torch.Tensor, spans: Spans, sliding_window: int | None, slot_bytes: int,
+                   plan: dict | None = None) -> list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
     """(rows or None for all, slots [rows, width], valid [rows, width]) per length bucket; once
     per step. On the CPU only: the lengths are on the host there (elsewhere one bucket, no sync)."""
-    key = ("buckets", sliding_window)
-    plan = spans.cache.get(key)
-    if plan is not None:
-        return plan
+    plan = {} if plan is None else plan
+    key = ("buckets", id(spans), sliding_window)
+    if key in plan:
+        return plan[key]
     lens = spans.lens
     host = lens.tolist() if lens.device.type == "cpu" else []
     groups = length_buckets(host, BUCKET_BYTES // slot_bytes)
     if len(groups) <= 1:
-        parts = [(None, span_slots(slot_table, spans), lens)]
+        parts = [(None, span_slots(slot_table, spans, plan), lens)]
     else:
         parts = []
         for g in groups:
@@ -125,25 +126,27 @@ def decode_buckets(slot_table: torch.Tensor, spans: Spans, sliding_window: int |
             width = max(host[g[0]], 1)
             slots = _slots(slot_table, spans.table_rows[rows], spans.starts[rows], lens[rows], width)
             parts.append((rows, slots, lens[rows]))
-    plan = spans.cache[key] = []
+    buckets = plan[key] = []
     for rows, slots, lens_ in parts:
         pos = torch.arange(slots.shape[1], device=lens.device)
         valid = pos[None, :] < lens_[:, None]
         if sliding_window is not None:
             valid &= pos[None, :] > (lens_[:, None] - 1 - sliding_window)
-        plan.append((rows, slots, valid))
-    return plan
+        buckets.append((rows, slots, valid))
+    return buckets
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_table: torch.Tensor,
-                     spans: Spans, scale: float, sliding_window: int | None = None, return_lse: bool = False):
+                     spans: Spans, scale: float, sliding_window: int | None = None, return_lse: bool = False,
+                     plan: dict | None = None):
     """One query token per sequence, attending to its span of the slot table.
     q: [batch, heads, dim] -> out [batch, heads, dim] (and lse [batch, heads] if asked)."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
-    plan = decode_buckets(slot_table, spans, sliding_window, 2 * k_cache[0].numel() * k_cache.element_size())
+    slot_bytes = 2 * k_cache[0].numel() * k_cache.element_size()
+    buckets = decode_buckets(slot_table, spans, sliding_window, slot_bytes, plan)
     out = lse = None
-    for rows, slots, valid in plan:
+    for rows, slots, valid in buckets:
         k = gather(k_cache, slots, spans.workspace, "k").transpose(1, 2)      # [n, hkv, s, d]
         v = gather(v_cache, slots, spans.workspace, "v").transpose(1, 2)
         qb = q if rows is None else q.index_select(0, rows)
@@ -168,6 +171,7 @@ def shared_prefix_attention(
     slot_table: torch.Tensor,
     level: Spans,
     scale: float,
+    plan: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode queries grouped by a cascade level attend to their group's span, whose K/V are read
     once for the whole group. q: [batch, heads, dim].
@@ -184,7 +188,7 @@ def shared_prefix_attention(
         .permute(0, 2, 1, 3, 4)
         .reshape(ng, hkv, n * g, d)
     )
-    table = span_slots(slot_table, level)
+    table = span_slots(slot_table, level, plan)
     k = gather(k_cache, table, level.workspace, "k").transpose(1, 2)      # [ng, hkv, p, d]
     v = gather(v_cache, table, level.workspace, "v").transpose(1, 2)
     valid = torch.arange(table.shape[1], device=q.device)[None, :] < level.lens[:, None]
@@ -219,14 +223,15 @@ def cascade_decode_attention(
     own: Spans,
     levels: list[Spans],
     scale: float,
+    plan: dict | None = None,
 ) -> torch.Tensor:
     """Decode attention where sequences share prefixes, possibly at several depths (the problem
     prompt for all beams, then each beam's own steps for its children). No row is in two groups of
     one level; the levels cover consecutive, disjoint stretches of each row's context and its own
     span (own.lens[b] >= 1 slots) the rest. All parts are merged by LSE."""
-    out, lse = decode_attention(q, k_cache, v_cache, slot_table, own, scale, return_lse=True)
+    out, lse = decode_attention(q, k_cache, v_cache, slot_table, own, scale, return_lse=True, plan=plan)
     for level in levels:
-        out_p, lse_p = shared_prefix_attention(q, k_cache, v_cache, slot_table, level, scale)
+        out_p, lse_p = shared_prefix_attention(q, k_cache, v_cache, slot_table, level, scale, plan)
         out, lse = merge_attention(out_p, lse_p, out, lse)
     return out
 

@@ -265,9 +265,11 @@ def _reduce(part_out, part_lse, q):
     return out, lse
 
 
-def _decode(q, k_cache, v_cache, slot_table, own: Spans, levels: list[Spans], scale, window):
+def _decode(q, k_cache, v_cache, slot_table, own: Spans, levels: list[Spans], scale, window, plan=None):
     """Stage 1 for each row's own span and for every cascade level, each level into its own
-    splits of the partial buffers; then one stage-2 reduce. Returns (out, lse)."""
+    splits of the partial buffers; then one stage-2 reduce. Returns (out, lse). The row list and
+    the levels' tile plans are made by the first layer of a step and kept in its plan."""
+    plan = {} if plan is None else plan
     b, h, d = q.shape
     if q.stride(2) != 1:
         q = q.contiguous()
@@ -279,17 +281,17 @@ def _decode(q, k_cache, v_cache, slot_table, own: Spans, levels: list[Spans], sc
     # every split of a row's own span writes its LSE; a level writes only the rows in its groups
     part_lse = (torch.full((b, h, total), float("-inf"), dtype=torch.float32, device=q.device) if levels
                 else torch.empty(b, h, total, dtype=torch.float32, device=q.device))
-    own_rows = own.cache.get("rows")
+    own_rows = plan.get("rows")
     if own_rows is None:        # each decode row as a group of its own: [[0], [1], ...]
-        own_rows = own.cache["rows"] = torch.arange(b, device=q.device)[:, None]
+        own_rows = plan["rows"] = torch.arange(b, device=q.device)[:, None]
     _launch_partials(
         q, k_cache, v_cache, slot_table, own.table_rows, own.starts, own.lens, own_rows, None, scale, window,
         part_out, part_lse, s_splits, 0)
     offset = s_splits
     for level, splits in zip(levels, p_splits):
-        work = level.cache.get("work")
+        work = plan.get(("work", id(level)))
         if work is None:        # planned by the first layer, reused by the others
-            work = level.cache["work"] = plan_level(level, b, g)
+            work = plan[("work", id(level))] = plan_level(level, b, g)
         _launch_partials(q, k_cache, v_cache, slot_table, level.table_rows, level.starts, level.lens,
                          level.group_rows, work, scale, None, part_out, part_lse, splits, offset)
         offset += splits
@@ -297,19 +299,20 @@ def _decode(q, k_cache, v_cache, slot_table, own: Spans, levels: list[Spans], sc
 
 
 def decode_attention(
-    q, k_cache, v_cache, slot_table, spans: Spans, scale, sliding_window=None, return_lse=False
+    q, k_cache, v_cache, slot_table, spans: Spans, scale, sliding_window=None, return_lse=False, plan=None
 ):
     """One query token per sequence over its span of the slot table (see attention_ref).
     q: [batch, heads, dim]."""
-    out, lse = _decode(q, k_cache, v_cache, slot_table, spans, [], scale, sliding_window)
+    out, lse = _decode(q, k_cache, v_cache, slot_table, spans, [], scale, sliding_window, plan)
     return (out, lse) if return_lse else out
 
 
-def cascade_decode_attention(q, k_cache, v_cache, slot_table, own: Spans, levels: list[Spans], scale):
+def cascade_decode_attention(q, k_cache, v_cache, slot_table, own: Spans, levels: list[Spans], scale,
+                             plan=None):
     """Decode attention where sequences share prefixes at one or more levels (see
     attention_ref.cascade_decode_attention). Each group's span is read once per (KV head, tile)
     for all its queries; every level writes its own partials, one reduce merges them all."""
-    return _decode(q, k_cache, v_cache, slot_table, own, levels, scale, None)[0]
+    return _decode(q, k_cache, v_cache, slot_table, own, levels, scale, None, plan)[0]
 
 
 # ---------------------------------------------------------------- extend (prefill)

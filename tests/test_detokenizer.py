@@ -29,13 +29,17 @@ def test_incremental_text_equals_full_decode(smollm2, skip):
 def test_stop_strings_decode_short_windows(tiny_llama):
     llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048)
     tok = llm.get_tokenizer()
-    lengths, real = [], tok.decode
+    lengths, real, real_batch = [], tok.decode, tok.decode_batch
 
     def spy(ids, skip_special_tokens=True):
         lengths.append(len(ids))
         return real(ids, skip_special_tokens)
 
-    tok.decode = spy
+    def spy_batch(batch, skip_special_tokens=True):
+        lengths.extend(len(ids) for ids in batch)
+        return real_batch(batch, skip_special_tokens)
+
+    tok.decode, tok.decode_batch = spy, spy_batch
     out = llm.generate({"prompt_token_ids": [5, 6, 7]},
                        SamplingParams(temperature=0, max_tokens=200, ignore_eos=True, stop=["never-appears"]))
     assert len(out[0].outputs[0].token_ids) == 200

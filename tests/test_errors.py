@@ -119,25 +119,27 @@ def test_bad_device_backend_and_package(tiny_llama):
         LLM("pkg:no_such_pkg_xyz")
 
 
-def test_interrupted_generate_leaves_engine_consistent(tiny_llama):
-    """A KeyboardInterrupt in the middle of a step must not leave half-written K/V in the cache."""
-    llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048)
+@pytest.mark.parametrize("overlap", [False, True])
+def test_interrupted_generate_leaves_engine_consistent(tiny_llama, overlap):
+    """A KeyboardInterrupt in the middle of a step must not leave half-written K/V in the cache
+    (overlapped, it is raised on the device's worker thread while the host prepares the next)."""
+    llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048, overlap=overlap)
     prompts = [{"prompt_token_ids": [5, 9, 44, 100 + i, 7]} for i in range(4)]
     sp = SamplingParams(n=2, temperature=0, max_tokens=12, ignore_eos=True)
     expected = [[o.token_ids for o in r.outputs] for r in
                 LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048).generate(prompts, sp)]
-    real_run, calls = llm.engine.runner.run, []
+    real_run, calls = llm.engine.runner.execute, []
 
-    def flaky(batch):
+    def flaky(prepared):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_run(batch)
+        return real_run(prepared)
 
-    llm.engine.runner.run = flaky
+    llm.engine.runner.execute = flaky
     with pytest.raises(KeyboardInterrupt):
         llm.generate(prompts, sp)
-    llm.engine.runner.run = real_run
+    llm.engine.runner.execute = real_run
     assert llm.stats()["kv_tokens_in_use"] == 0 and not llm.engine.scheduler.has_work()
     assert [[o.token_ids for o in r.outputs] for r in llm.generate(prompts, sp)] == expected
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from tts_engine import LLM, SamplingParams
 from tts_engine.config import ModelConfig
-from tts_engine.flops import attention_flops, forward_flops, linear_flops_per_token, lm_head_flops
+from tts_engine.flops import (attention_flops, decode_token_cost, forward_flops, linear_flops_per_token,
+                               lm_head_flops)
 
 # hidden 4, 2 layers, 2 query heads and 1 KV head of dim 2 (q_size 4, kv_size 2), MLP 6, vocab 10
 TINY = ModelConfig(
@@ -39,3 +40,14 @@ def test_engine_counts_what_it_computes(tiny_llama):
     llm.reset_stats()
     llm.generate(prompt, SamplingParams(temperature=0, max_tokens=1))   # cached but the last prompt token
     assert llm.stats()["flops"] == forward_flops(cfg, [(9, 10)], 1)
+
+
+def test_decode_token_cost_is_forward_flops_of_one_token(tiny_llama):
+    """The engine's per-token shortcut against forward_flops, with and without a sliding window."""
+    import dataclasses
+    cfg = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=256).engine.model_config
+    for window in (None, 7):
+        c = dataclasses.replace(cfg, sliding_window=window)
+        a, b, w = decode_token_cost(c)
+        for n in (1, 5, 7, 8, 300):
+            assert a + b * (n if w is None else min(n, w)) == forward_flops(c, [(n - 1, n)], 1)

@@ -160,7 +160,7 @@ def test_a_decode_step_copies_to_the_host_once(tiny_llama, monkeypatch, params):
     """The sampled tokens and their logprobs come back in one copy; nothing else waits for the
     device. (The torch attention reference, the CPU backend, is left out: its extend loops on the
     host; decode steps do not use it that way.)"""
-    llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=1024)
+    llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=1024, overlap=False)   # step by step
     prompts = [{"prompt_token_ids": [5, 6, 7, 8, 9]}, {"prompt_token_ids": [5, 6, 7, 40, 41, 42]}]
     per_step, engine = [], llm.engine
     real_step = engine.step

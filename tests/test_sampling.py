@@ -158,7 +158,7 @@ def test_logprobs_as_vllm_gives_them(tiny_llama):
 def test_penalties_and_min_p_change_the_distribution_as_vllm_defines_them(tiny_llama):
     """Checked on the logits the sampler sees: the engine's processing of a row against a hand
     computation of vLLM's formulas."""
-    from tts_engine.engine.logits_process import process
+    from tts_engine.engine.logits_process import apply, lists
     from tts_engine.engine.sequence import Sequence
     params = SamplingParams(repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.25,
                             min_tokens=5, stop_token_ids=[9])
@@ -168,7 +168,7 @@ def test_penalties_and_min_p_change_the_distribution_as_vllm_defines_them(tiny_l
         seq.output_counts[t] = seq.output_counts.get(t, 0) + 1
     logits = torch.randn(1, 20)
     logits[0, 5], logits[0, 6] = 2.0, -1.0
-    out = process(logits, [seq], eos_token_ids={1})[0]
+    out = apply(logits, lists([seq], eos_token_ids={1}))[0]
     expected = logits[0].clone()
     for t in {4, 5, 6, 7}:                                 # prompt and output tokens
         expected[t] = expected[t] / 1.3 if expected[t] > 0 else expected[t] * 1.3

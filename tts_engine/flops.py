@@ -34,6 +34,15 @@ def forward_flops(cfg: ModelConfig, spans: list[tuple[int, int]], head_rows: int
     )
 
 
+def decode_token_cost(cfg: ModelConfig) -> tuple[int, int, int | None]:
+    """(a, b, window): a decode step's FLOPs for one token whose context is n tokens (itself
+    included) are a + b * n, or a + b * min(n, window) with a sliding window; what
+    forward_flops(cfg, [(n - 1, n)], 1) gives, without its per-call work (the engine counts every
+    decoding sequence every step)."""
+    return linear_flops_per_token(cfg) + lm_head_flops(cfg, 1), 2 * 2 * cfg.num_layers * cfg.q_size, \
+        cfg.sliding_window
+
+
 def head_flops(cfg: ModelConfig, head: str, rows: int, columns: int | None = None) -> int:
     """A head on `rows` hidden states: the LM head (or `columns` of it), a value head, or the
     classification head's two layers."""

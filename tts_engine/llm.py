@@ -37,11 +37,12 @@ class LLM:
                  tensor_parallel_size: int = 1, trust_remote_code: bool = False, device: str | None = None,
                  kv_cache_tokens: int | None = None,
                  max_num_batched_tokens: int = 2048, max_num_seqs: int = 256, attention_backend: str = "auto",
-                 check_weights: bool = True, **vllm_kwargs):
+                 check_weights: bool = True, overlap: bool | None = None, **vllm_kwargs):
         """vLLM's common arguments with vLLM's defaults, and this engine's own (device, kv_cache_tokens,
-        attention_backend, check_weights). trust_remote_code is accepted and changes nothing: no code
-        from a checkpoint ever runs. Other vLLM arguments are refused by name unless they change
-        nothing here."""
+        attention_backend, check_weights, overlap: prepare each step while the one before runs, by
+        default on CUDA only).
+        trust_remote_code is accepted and changes nothing: no code from a checkpoint ever runs.
+        Other vLLM arguments are refused by name unless they change nothing here."""
         for name, value in vllm_kwargs.items():
             if name in _AT_DEFAULT and value != _AT_DEFAULT[name]:
                 raise ValueError(f"LLM({name}={value!r}) is not supported by tts-engine "
@@ -58,7 +59,8 @@ class LLM:
             kv_cache_tokens=kv_cache_tokens, gpu_memory_utilization=gpu_memory_utilization,
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
             max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
-            attention_backend=attention_backend, enforce_eager=enforce_eager, check_weights=check_weights))
+            attention_backend=attention_backend, enforce_eager=enforce_eager, check_weights=check_weights,
+            overlap=overlap))
         if not self.engine.can_generate:
             raise ValueError(f"{model!r} is a {self.engine.model_config.architecture} with a "
                              f"'{self.engine.model.head_name}' head, not a language model head: "

@@ -5,14 +5,16 @@ never written again, so sharing needs no copy-on-write: a sequence that extends 
 just lists the prefix's slots followed by its own. Running sequences lock the path to their deepest
 node; eviction frees unlocked leaves, least recently used first. The evictable leaves sit in a
 heap kept up to date as the tree changes, so an eviction costs O(log n) per leaf freed, not a
-walk of the whole tree (a 40k-node tree took 85 ms per walk). `cascade_levels` reads the tree to
-find the context that decoding sequences share.
+walk of the whole tree (a 40k-node tree took 85 ms per walk). Each node can also hold its slots
+on the device (`value`, made by the runner the first time a sequence is admitted on it), so that a
+slot-table row of a cached context is filled on the device, not uploaded (SGLang keeps its node
+values on the device too). engine/cascade.py reads the tree to find the context that decoding
+sequences share.
 """
 from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass
 
 
 class SlotAllocator:
@@ -36,7 +38,7 @@ class SlotAllocator:
 
 
 class Node:
-    __slots__ = ("parent", "children", "key", "slots", "lock_ref", "last_access", "depth")
+    __slots__ = ("parent", "children", "key", "slots", "value", "lock_ref", "last_access", "depth")
 
     def __init__(self, parent: "Node | None", key: list[int], slots: list[int]):
         self.parent = parent
@@ -44,6 +46,7 @@ class Node:
         self.children: dict[int, Node] = {}
         self.key = key
         self.slots = slots
+        self.value = None               # the slots as a device tensor, once the runner needed them
         self.lock_ref = 0
         self.last_access = 0
 
@@ -91,7 +94,18 @@ class RadixCache:
         node.parent.children[node.key[0]] = upper
         self.num_nodes += 1
         node.parent, node.key, node.slots = upper, node.key[n:], node.slots[n:]
+        if node.value is not None:      # views: a split copies nothing on the device
+            upper.value, node.value = node.value[:n], node.value[n:]
         return upper
+
+    @staticmethod
+    def path(node: Node) -> list[Node]:
+        """The nodes from the root's child down to node."""
+        out = []
+        while node.parent is not None:
+            out.append(node)
+            node = node.parent
+        return out[::-1]
 
     def insert(self, tokens: list[int], slots: list[int]) -> tuple[int, Node]:
         """Add tokens -> slots. Returns (how many leading tokens were already cached, last node).
@@ -208,57 +222,3 @@ def _common_len(key: list[int], tokens: list[int], start: int) -> int:
     while i < n and key[i] == tokens[start + i]:
         i += 1
     return i
-
-
-# ---------------------------------------------------------------- shared spans for cascade decode
-
-@dataclass
-class SharedSpan:
-    """Columns start..end of table row `table_row`, shared by the decode rows `rows`."""
-    table_row: int
-    start: int
-    end: int
-    rows: list[int]
-
-
-def cascade_levels(nodes: list[Node], table_rows: list[int], min_work: int
-                   ) -> tuple[list[list[SharedSpan]], list[int]]:
-    """Where decoding sequences share context, and where each one's own part starts. Sequence i
-    holds the tree path ending at nodes[i] and owns slot-table row table_rows[i].
-
-    A run of tree nodes with the same set of decoding sequences below it is one span, read once
-    for all of them (the problem prompt for every beam, then a beam's steps for its children, ...).
-    Going down each sequence's path, spans are taken while sharers x span tokens reaches
-    `min_work`; the k-th taken span of a path is on level k (so no row is in two groups of a
-    level), and the rest of the context is the sequence's own suffix."""
-    starts = [0] * len(nodes)
-    count: dict[int, int] = {}
-    paths = []
-    for leaf in nodes:
-        path, node = [], leaf
-        while node.parent is not None:
-            path.append(node)
-            count[id(node)] = count.get(id(node), 0) + 1
-            node = node.parent
-        paths.append(path[::-1])
-    levels: list[list[SharedSpan]] = []
-    spans: dict[int, SharedSpan] = {}
-    for i, path in enumerate(paths):
-        j, level = 0, 0
-        while j < len(path):
-            top, sharers = path[j], count[id(path[j])]
-            while j + 1 < len(path) and count[id(path[j + 1])] == sharers:
-                j += 1
-            start, end = top.depth - len(top.key), path[j].depth
-            if sharers < 2 or sharers * (end - start) < min_work:
-                break
-            span = spans.get(id(top))
-            if span is None:
-                span = spans[id(top)] = SharedSpan(table_rows[i], start, end, [])
-                if level == len(levels):
-                    levels.append([])
-                levels[level].append(span)
-            span.rows.append(i)
-            starts[i] = end
-            j, level = j + 1, level + 1
-    return levels, starts

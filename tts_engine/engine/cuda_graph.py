@@ -65,11 +65,8 @@ class DecodeGraphs:
             prefill_max_q_len=0)
 
     def _forward(self, bs: int, cascade: bool) -> torch.Tensor:
-        # Backends derive things from the spans in the first layer and cache them on the spans
-        # (the Triton tile plan): drop them so that they are made from this step's buffers (and,
-        # while capturing, recorded into the graph rather than frozen from the warm-up step).
-        for spans in [self.decode[bs], *self.levels.get(bs, ())]:
-            spans.cache.clear()
+        # (a fresh metadata, so the backend's plan is made from these buffers: while capturing,
+        # recorded into the graph rather than frozen from the warm-up step)
         hidden = self.model(self.input_ids[:bs], self.positions[:bs], self._meta(bs, cascade))
         return self.model.compute_logits(hidden)
 

@@ -3,6 +3,9 @@
 then the frequency and presence penalties (subtracted per generated occurrence, and once per
 generated token), and before `min_tokens` no EOS and no stop token. Only rows that need any of
 this are touched, and logprobs stay those of the raw logits (the caller keeps them).
+
+The lists come from the sequences' host state (`lists`, while a step is prepared), the changes
+are made on the device (`apply`, while it runs).
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ def needs_processing(seq: Sequence) -> bool:
             or seq.num_output_tokens < p.min_tokens)
 
 
-def process(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: set[int]) -> torch.Tensor:
-    """A copy of logits ([len(seqs), vocab]) with each row's penalties and bans applied."""
+def lists(seqs: list[Sequence], eos_token_ids: set[int]) -> tuple[list, ...]:
+    """What `apply` changes in the logits rows of seqs: (rows, tokens, factors) of the repetition
+    penalty, (rows, tokens, deltas) of the frequency and presence penalties, (rows, tokens) banned."""
     rep_rows, rep_tokens, rep_factor = [], [], []
     add_rows, add_tokens, add_delta = [], [], []
     ban_rows, ban_tokens = [], []
@@ -39,6 +43,12 @@ def process(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: set[int])
             banned = set(p.stop_token_ids) | (set() if p.ignore_eos else eos_token_ids)
             ban_rows += [row] * len(banned)
             ban_tokens += banned
+    return rep_rows, rep_tokens, rep_factor, add_rows, add_tokens, add_delta, ban_rows, ban_tokens
+
+
+def apply(logits: torch.Tensor, changes: tuple[list, ...]) -> torch.Tensor:
+    """A copy of logits with the changes (`lists`) made."""
+    rep_rows, rep_tokens, rep_factor, add_rows, add_tokens, add_delta, ban_rows, ban_tokens = changes
     out = logits.clone()
     dev = logits.device
     rows, tokens, a_rows, a_tokens, b_rows, b_tokens = upload(dev, rep_rows, rep_tokens, add_rows, add_tokens,

@@ -14,10 +14,12 @@ on their top-256 candidates and fall back to a full sort only for rows whose nuc
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from tts_engine.engine.logprobs import entry, ranked
 from tts_engine.engine.upload import upload, upload_one
 from tts_engine.sampling_params import SamplingParams
 
@@ -31,10 +33,42 @@ BLOCK = 1024
 
 
 @dataclass
+class SampledRow:
+    """One row's result on the host."""
+    token: int
+    logprob: float            # raw log-probability of the token
+    finite: bool              # False: the row's logits held NaN or infinities (token: `fallback`)
+    top: dict[int, tuple[float, int]] | None    # {token: (logprob, rank)}, chosen first, if asked
+
+
+@dataclass
 class Sampled:
     tokens: torch.Tensor      # [rows] int64
     logprobs: torch.Tensor    # [rows] float32: the raw log-probability of each chosen token
     lse: torch.Tensor         # [rows] float32: log-sum-exp of each row's raw logits
+
+    def fetch(self, raw: torch.Tensor, top: list[int | None]) -> list[SampledRow]:
+        """The rows on the host, in the step's one device-to-host copy. top[i]: how many most
+        likely tokens row i reports with its rank (None: no logprobs asked for it)."""
+        asked = [i for i, k in enumerate(top) if k is not None]
+        k = max((top[i] for i in asked), default=0)
+        parts = [self.tokens.double(), self.logprobs.double(), self.lse.double()]
+        if asked:
+            index = upload_one(raw.device, asked)
+            picked = [t.index_select(0, index) for t in (raw, self.tokens, self.lse)]
+            parts += [p.flatten() for p in ranked(*picked, k)]
+        flat = torch.cat(parts).tolist()
+        n, m = len(top), len(asked)
+        rows = [SampledRow(int(flat[i]), flat[n + i], math.isfinite(flat[2 * n + i]), None) for i in range(n)]
+        ranks, ids = flat[3 * n:3 * n + m], flat[3 * n + m:3 * n + m + m * k]
+        values = flat[3 * n + m + m * k:]
+        for j, i in enumerate(asked):
+            r, want, at = rows[i], top[i], j * k
+            r.top = entry(r.token, r.logprob, int(ranks[j]), ids[at:at + want], values[at:at + want])
+        for i, r in enumerate(rows):
+            if not r.finite:     # NaN or infinite logits: never a wild token id
+                r.token, r.logprob = Sampler.fallback(raw[i]), float("nan")
+        return rows
 
 
 class Sampler:

@@ -4,6 +4,12 @@ Every step packs one token for each decoding sequence, then fills the rest of th
 with prefill work (whole prompts, or chunks of long ones). When the pool runs short it first
 evicts cached-but-unused prefixes, then preempts the most recently admitted running sequence:
 its tokens go into the cache and it waits to be recomputed (cheaply, if its prefix survives).
+A request's other samples fork off its first once that one's prompt is computed.
+
+The batch says what the runner's slot table needs besides the step's own tokens: rows to fill
+from the tree (a context admitted on a cached prefix) and rows to copy (forks). The scheduler
+never waits for the step before it: a sequence that sampled a token in the last step decodes it
+in this one (`Sequence.in_flight`), whether or not that token turns out to finish it.
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from tts_engine.config import EngineConfig
-from tts_engine.engine.cache import RadixCache, SlotAllocator
+from tts_engine.engine.cache import Node, RadixCache, SlotAllocator
 from tts_engine.engine.sequence import Sequence, Status
 from tts_engine.engine.stats import EngineStats
 
@@ -30,17 +36,33 @@ class Chunk:
 
 
 @dataclass
+class Fork:
+    """Siblings that start on parent's computed prompt: they copy its first `length` slot-table
+    entries and sample their first token from its logits row."""
+    parent: Sequence
+    siblings: list[Sequence]
+    length: int
+
+
+@dataclass
 class ScheduledBatch:
     decode: list[Sequence] = field(default_factory=list)       # one new token each; all sample
+    decode_lens: list[int] = field(default_factory=list)       # their contexts, the new token included
     prefill: list[Chunk] = field(default_factory=list)
+    forks: list[Fork] = field(default_factory=list)
+    # (table row, tree node): the row's first node.depth entries are the tree's slots on the path
+    # to node (a context admitted on a cached prefix, or a row that adopted the tree's copies)
+    fills: list[tuple[int, Node]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)
 
     @property
     def sampling(self) -> list[Sequence]:
-        """The sequences that sample a token after this step, in the order of the logits rows."""
-        return self.decode + [c.seq for c in self.prefill if c.samples]
+        """The sequences that sample a token after this step: decode rows, prefill rows, then the
+        forked siblings."""
+        return self.decode + [c.seq for c in self.prefill if c.samples] + [
+            s for f in self.forks for s in f.siblings]
 
     @property
     def kept(self) -> list[tuple[Sequence, int]]:
@@ -50,12 +72,13 @@ class ScheduledBatch:
 
 class Scheduler:
 
-    def __init__(self, config: EngineConfig, num_slots: int):
+    def __init__(self, config: EngineConfig, num_slots: int, max_model_len: int):
         self.allocator = SlotAllocator(num_slots)
         self.cache = RadixCache(self.allocator)
         self.enable_prefix_caching = config.enable_prefix_caching
         self.max_num_batched_tokens = config.max_num_batched_tokens
         self.max_num_seqs = config.max_num_seqs
+        self.max_model_len = max_model_len
         self.free_rows = list(range(self.max_num_seqs - 1, -1, -1))   # rows of the runner's slot table
         self.evict_batch = max(1, min(256, num_slots // 64))
         self.waiting: deque[Sequence] = deque()
@@ -68,7 +91,7 @@ class Scheduler:
 
     def add(self, group: list[Sequence]) -> None:
         """Queue the n samples of one request. With prefix caching only the first is prefilled;
-        the others are forked from it once its prompt is computed (see `fork`)."""
+        the others fork from it once its prompt is computed (see `_fork`)."""
         self.stats.prompt_tokens += sum(s.num_prompt_tokens for s in group)
         if self.enable_prefix_caching:
             group[0].forks = group[1:]
@@ -76,16 +99,19 @@ class Scheduler:
         else:
             self.waiting.extend(group)
 
-    def fork(self, seq: Sequence) -> list[Sequence]:
-        """Start seq's waiting siblings on its computed prompt: they share every K/V slot (all in
-        the tree after `publish`) and sample their first token from seq's logits. Siblings beyond
-        max_num_seqs wait at the head of the queue; their prompt is then a cache hit but the last token."""
+    def _fork(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        """Start seq's waiting siblings on its prompt, computed in this step: they share every K/V
+        slot (all in the tree after `publish`) and sample from seq's logits row. Siblings beyond
+        max_num_seqs wait at the head of the queue; their prompt is then a cache hit but the last
+        token. Runs after the step's allocations: slots that `publish` frees (where the tree had
+        the same tokens) are written by this step but handed out only in a later one."""
         room = max(0, self.max_num_seqs - len(self.running))
         siblings, later, seq.forks = seq.forks[:room], seq.forks[room:], []
         self.waiting.extendleft(reversed(later))
-        self.publish(seq)
+        if self.publish(seq):
+            batch.fills.append((seq.row, seq.node))
         for sib in siblings:
-            sib.row, sib.num_synced = self.free_rows.pop(), 0   # the runner copies the parent's row
+            sib.row = self.free_rows.pop()
             sib.slots, sib.node = list(seq.slots), seq.node
             sib.num_computed = sib.num_tree = seq.num_computed
             sib.admitted, sib.num_cached_prompt_tokens = True, sib.num_prompt_tokens
@@ -93,22 +119,24 @@ class Scheduler:
             self.stats.cached_prompt_tokens += sib.num_prompt_tokens
             sib.status = Status.RUNNING
             self.running.append(sib)
-        return siblings
+        if siblings:
+            batch.forks.append(Fork(seq, siblings, seq.num_computed))
 
-    def publish(self, seq: Sequence) -> None:
+    def publish(self, seq: Sequence) -> bool:
         """Move all of seq's computed K/V into the tree. Where the tree already holds the same
-        tokens, seq adopts the tree's slots and frees its own copies."""
+        tokens, seq adopts the tree's slots and frees its own copies: then True (its table row
+        must be filled from the tree)."""
         n = seq.num_computed
         if seq.num_tree == n:
-            return
+            return False
         existed, _ = self.cache.insert(seq.token_ids[:n], seq.slots[:n])
         self.allocator.free(seq.slots[seq.num_tree:max(existed, seq.num_tree)])
         slots, node = self.cache.match_prefix(seq.token_ids[:n])
         self.cache.lock(node)
         self.cache.unlock(seq.node)
-        # slots from num_tree on may now be the tree's copies: the table row must be rewritten there
-        seq.num_synced = min(seq.num_synced, seq.num_tree)
+        adopted = existed > seq.num_tree
         seq.slots, seq.node, seq.num_tree = slots, node, n
+        return adopted
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -118,16 +146,25 @@ class Scheduler:
         batch = ScheduledBatch()
         scheduled: set[int] = set()      # sequences in this batch can no longer be preempted
         budget = self.max_num_batched_tokens
-        for seq in list(self.running):
-            if seq.status is not Status.RUNNING or seq.is_prefilling:
-                continue
-            if not self._reserve(1, seq, scheduled):
-                continue   # seq itself was preempted
-            seq.slots += self.allocator.alloc(1)
-            seq.num_computed += 1
-            batch.decode.append(seq)
-            scheduled.add(seq.seq_id)
-            budget -= 1
+        decoding = [s for s in self.running
+                    if s.status is Status.RUNNING and not s.is_prefilling and self._decodes(s)]
+        if self.allocator.num_free >= len(decoding):      # the common case: one allocation for all
+            for seq, slot in zip(decoding, self.allocator.alloc(len(decoding))):
+                seq.slots.append(slot)
+                seq.num_computed += 1
+            batch.decode, batch.decode_lens = decoding, [s.num_computed for s in decoding]
+            scheduled.update(s.seq_id for s in decoding)
+            budget -= len(decoding)
+        else:
+            for seq in decoding:
+                if seq.status is not Status.RUNNING or not self._reserve(1, seq, scheduled):
+                    continue   # seq was preempted (for an earlier one, or for itself)
+                seq.slots += self.allocator.alloc(1)
+                seq.num_computed += 1
+                batch.decode.append(seq)
+                batch.decode_lens.append(seq.num_computed)
+                scheduled.add(seq.seq_id)
+                budget -= 1
         # Sequences part-way through a chunked prefill, then new ones.
         for seq in [s for s in self.running if s.is_prefilling]:
             if budget <= 0:
@@ -136,12 +173,17 @@ class Scheduler:
                 budget -= self._schedule_prefill(seq, budget, batch, scheduled, preempt=True)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            if seq.in_flight:
+                break      # preempted with a token still in flight: it must reach the host first
             self._admit(seq)
+            node = seq.node
             used = self._schedule_prefill(seq, budget, batch, scheduled, preempt=False)
             if used == 0:
                 self._release(seq, keep_tokens=False)
                 break
             self.waiting.popleft()
+            if node.parent is not None:
+                batch.fills.append((seq.row, node))
             if not seq.admitted:
                 seq.admitted = True
                 seq.num_cached_prompt_tokens = seq.num_computed - used   # the matched prefix
@@ -149,9 +191,19 @@ class Scheduler:
             seq.status = Status.RUNNING
             self.running.append(seq)
             budget -= used
-        if not batch and self.has_work():
-            raise RuntimeError("scheduler made no progress: the KV pool cannot hold the next sequence")
+        for seq in batch.sampling:
+            if seq.forks:       # (a prompt whose last token is fed by a decode step forks there)
+                self._fork(seq, batch)
+        for seq in batch.sampling:
+            seq.in_flight += 1
         return batch
+
+    def _decodes(self, seq: Sequence) -> bool:
+        """Whether a running sequence whose context is computed decodes a token: not one that only
+        encodes, nor one whose token in flight fills its max_tokens or the context (it finishes)."""
+        ahead = seq.in_flight
+        return seq.generates and not (seq.num_output_tokens + ahead >= seq.max_tokens
+                                      or len(seq) + ahead >= self.max_model_len)
 
     def _admit(self, seq: Sequence) -> None:
         """Match the longest cached prefix and lock it. At least the last token is always computed,
@@ -163,7 +215,7 @@ class Scheduler:
         self.cache.lock(node)
         seq.node, seq.slots = node, list(slots)
         seq.num_computed = seq.num_tree = len(slots)
-        seq.row, seq.num_synced = self.free_rows.pop(), 0
+        seq.row = self.free_rows.pop()
 
     def _schedule_prefill(self, seq: Sequence, budget: int, batch: ScheduledBatch, scheduled: set[int],
                           preempt: bool) -> int:
@@ -224,9 +276,13 @@ class Scheduler:
 
     # ------------------------------------------------------------ finishing
     def finish(self, seq: Sequence) -> None:
+        """seq is done (it may have been preempted since its last token was scheduled)."""
+        if seq.status is Status.WAITING:
+            self.waiting.remove(seq)
+        else:
+            self.running.remove(seq)
+            self._release(seq, keep_tokens=True)
         seq.status = Status.FINISHED
-        self.running.remove(seq)
-        self._release(seq, keep_tokens=True)
 
     def _release(self, seq: Sequence, keep_tokens: bool) -> None:
         """Hand the sequence's K/V to the cache (or free it) and drop its lock."""
@@ -244,7 +300,7 @@ class Scheduler:
             if seq.node is not None:
                 self.cache.unlock(seq.node)
                 self.allocator.free(seq.slots[seq.num_tree:])
-            seq.status = Status.FINISHED
+            seq.status, seq.in_flight = Status.FINISHED, 0
         self.running.clear()
         self.waiting.clear()
         self.cache.clear()

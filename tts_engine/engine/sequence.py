@@ -39,10 +39,13 @@ class Sequence:
         self.num_computed = 0            # tokens whose K/V are written (or being written this step)
         self.num_tree = 0
         self.node: Node | None = None
-        # While running, the sequence owns row `row` of the runner's slot table, whose first
-        # num_synced entries already equal slots[:num_synced] (only the rest is written each step).
+        # While running, the sequence owns row `row` of the runner's slot table (the runner keeps
+        # its entries equal to `slots`).
         self.row: int | None = None
-        self.num_synced = 0
+        # Tokens sampled on the device but not yet appended here: with the overlapped loop the next
+        # step is scheduled before the last one's tokens reach the host (so this is at most 1 when
+        # a step is scheduled).
+        self.in_flight = 0
         self.forks: list[Sequence] = []  # siblings (the other samples of the request) waiting on this prefill
         self.admitted = False            # admitted at least once (prompt stats are counted then)
         self.num_preemptions = 0
@@ -65,6 +68,11 @@ class Sequence:
         return len(self.token_ids)
 
     @property
+    def length(self) -> int:
+        """Tokens including the one in flight: what the scheduler plans with."""
+        return len(self.token_ids) + self.in_flight
+
+    @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens:]
 
@@ -76,7 +84,7 @@ class Sequence:
     def is_prefilling(self) -> bool:
         """True while prompt work is left: every token but the newest needs K/V first (the newest
         is fed by a decode step), and kept positions are computed in prefill, never left to decode."""
-        n = len(self.token_ids)
+        n = self.length
         if self.num_computed < n - 1:
             return True
         last_kept = self.hidden_positions[-1] if self.hidden_positions else -1
@@ -86,7 +94,7 @@ class Sequence:
         """What computing tokens start..end yields: whether the sequence then samples its next
         token (its whole context is computed and it generates), and which of its kept positions
         fall in the chunk. The one place that decides; scheduler, runner and engine all ask here."""
-        samples = self.generates and end == len(self.token_ids)
+        samples = self.generates and end == self.length
         keep = [p for p in self.hidden_positions if start <= p < end] if self.hidden_positions else []
         return samples, keep
 

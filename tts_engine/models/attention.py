@@ -6,7 +6,7 @@ per step; every layer reads it (nano-vllm's "context" idea, passed explicitly).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,6 +30,10 @@ class AttentionMetadata:
     prefill_q_lens: torch.Tensor       # [num_prefill]
     prefill_kv_lens: torch.Tensor      # [num_prefill]
     prefill_max_q_len: int
+    # What the backend derives from the spans once for all layers (the torch backend's gathered
+    # slots, the Triton tile plans), made by the first layer. Every metadata has its own, so
+    # nothing carries over from one step (or one CUDA-graph capture) to the next.
+    plan: dict = field(default_factory=dict)
 
 
 class Attention(torch.nn.Module):
@@ -61,11 +65,11 @@ class Attention(torch.nn.Module):
             outs.append(
                 ops.cascade_decode_attention(
                     q[:nd], self.k_cache, self.v_cache, meta.slot_table, meta.decode, meta.cascade_levels,
-                    self.scale)
+                    self.scale, plan=meta.plan)
             )
         elif nd:
             outs.append(ops.decode_attention(q[:nd], self.k_cache, self.v_cache, meta.slot_table, meta.decode,
-                                             self.scale, self.sliding_window))
+                                             self.scale, self.sliding_window, plan=meta.plan))
         if meta.prefill_max_q_len:
             outs.append(
                 ops.extend_attention(

@@ -1,0 +1,80 @@
+"""What happens to a sampled token on the host: it joins its sequence (with its logprobs and the
+counts penalties need), the stop rules are checked (stop tokens, EOS, stop strings on the
+incrementally detokenized text, max_tokens, the context), and a finished sequence gets its text.
+"""
+from __future__ import annotations
+
+from tts_engine.engine.detokenizer import IncrementalDetokenizer, step_all
+from tts_engine.engine.sampler import SampledRow
+from tts_engine.engine.sequence import Sequence
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer, eos_token_ids: set[int], max_model_len: int):
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
+        self.max_model_len = max_model_len
+
+    def append_all(self, pairs: list[tuple[Sequence, SampledRow]]) -> list[Sequence]:
+        """Add each sampled token to its sequence; return the sequences it finished. Sequences
+        with stop strings are detokenized together (one batched call per step)."""
+        to_text: dict[bool, list[Sequence]] = {}
+        for seq, row in pairs:
+            p, token = seq.params, row.token
+            seq.token_ids.append(token)
+            seq.cumulative_logprob += row.logprob
+            if seq.logprobs is not None:
+                seq.logprobs.append(row.top)
+            if p.presence_penalty or p.frequency_penalty:
+                seq.output_counts[token] = seq.output_counts.get(token, 0) + 1
+            may_stop = seq.num_output_tokens >= p.min_tokens   # (before that, EOS and stop tokens are banned)
+            if may_stop and token in p.stop_token_ids:
+                seq.finish_reason, seq.stop_reason = "stop", token
+            elif may_stop and not p.ignore_eos and token in self.eos_token_ids:
+                seq.finish_reason = "stop"
+            elif p.stop:
+                if seq.detokenizer is None:
+                    seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.num_prompt_tokens,
+                                                             p.skip_special_tokens)
+                to_text.setdefault(p.skip_special_tokens, []).append(seq)
+        for seqs in to_text.values():
+            for seq, new in zip(seqs, step_all([s.detokenizer for s in seqs], [s.token_ids for s in seqs])):
+                self._match_stop_strings(seq, new)
+        finished = []
+        for seq, _ in pairs:
+            if seq.finish_reason is None and self.at_length_limit(seq):
+                seq.finish_reason = "length"
+            if seq.finish_reason is not None:
+                finished.append(seq)
+        return finished
+
+    def at_length_limit(self, seq: Sequence) -> bool:
+        return seq.num_output_tokens >= seq.max_tokens or len(seq) >= self.max_model_len
+
+    @staticmethod
+    def _match_stop_strings(seq: Sequence, new: str) -> None:
+        """Stop strings are matched on the text, so a stop made of several tokens (or inside one)
+        is found. The text grows by incremental detokenization; only its new tail can hold a new
+        match (and none is looked for before min_tokens). The matched stop string stays in the
+        text only with include_stop_str_in_output."""
+        p = seq.params
+        if not new:
+            return
+        start = len(seq.text)
+        seq.text += new
+        if seq.num_output_tokens < p.min_tokens:
+            return
+        best = None
+        for stop in p.stop:
+            i = seq.text.find(stop, max(0, start - len(stop) + 1))
+            if i >= 0 and (best is None or i < best[0]):
+                best = (i, stop)
+        if best is not None:
+            i, stop = best
+            seq.text = seq.text[:i + len(stop)] if p.include_stop_str_in_output else seq.text[:i]
+            seq.finish_reason, seq.stop_reason = "stop", stop
+
+    def finish_text(self, seq: Sequence) -> None:
+        """The whole output's text (a stop string's match already cut it)."""
+        if seq.generates and seq.params.detokenize and not isinstance(seq.stop_reason, str):
+            seq.text = self.tokenizer.decode(seq.output_token_ids, seq.params.skip_special_tokens)
