@@ -163,6 +163,11 @@ class Tokenizer:
             raise ValueError(f"return_tensors={return_tensors!r} is not supported (None or 'pt')")
         return Encoding(input_ids=ids, attention_mask=mask)
 
+    @property
+    def backend_tokenizer(self):
+        """The `tokenizers.Tokenizer` underneath (as transformers' fast tokenizers name it)."""
+        return self._tok
+
     def decode(self, ids, skip_special_tokens: bool = False, **kwargs) -> str:
         """Text of token ids (a list, or one id), special tokens kept unless skip_special_tokens (the
         transformers default). spaces_between_special_tokens and clean_up_tokenization_spaces are

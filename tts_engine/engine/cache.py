@@ -107,10 +107,12 @@ class RadixCache:
             node = node.parent
         return out[::-1]
 
-    def insert(self, tokens: list[int], slots: list[int]) -> tuple[int, Node]:
-        """Add tokens -> slots. Returns (how many leading tokens were already cached, last node).
-        Already-cached positions keep the tree's slots; the caller frees its own copies."""
-        node, i = self.root, 0
+    def insert(self, tokens: list[int], slots: list[int], below: Node | None = None) -> tuple[int, Node]:
+        """Add tokens -> slots, as a continuation of node `below`'s path (default: from the root;
+        a sequence extends the node it holds, so that publishing costs its new tokens, not its
+        context). Returns (how many leading tokens were already cached, last node). Already-cached
+        positions keep the tree's slots; the caller frees its own copies."""
+        node, i = below or self.root, 0
         now = next(self._clock)
         while i < len(tokens):
             child = node.children.get(tokens[i])
@@ -130,9 +132,10 @@ class RadixCache:
         self._offer(node)
         return i, node
 
-    def cached_len(self, tokens: list[int]) -> int:
-        """Length of the cached prefix of `tokens`, without touching the tree."""
-        node, i = self.root, 0
+    def cached_len(self, tokens: list[int], below: Node | None = None) -> int:
+        """Length of the cached prefix of `tokens` (continuing node `below`'s path, default the
+        root), without touching the tree."""
+        node, i = below or self.root, 0
         while i < len(tokens):
             child = node.children.get(tokens[i])
             if child is None:

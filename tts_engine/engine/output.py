@@ -4,7 +4,7 @@ incrementally detokenized text, max_tokens, the context), and a finished sequenc
 """
 from __future__ import annotations
 
-from tts_engine.engine.detokenizer import IncrementalDetokenizer, step_all
+from tts_engine.engine.detokenizer import IncrementalDetokenizer
 from tts_engine.engine.sampler import SampledRow
 from tts_engine.engine.sequence import Sequence
 
@@ -16,9 +16,7 @@ class OutputProcessor:
         self.max_model_len = max_model_len
 
     def append_all(self, pairs: list[tuple[Sequence, SampledRow]]) -> list[Sequence]:
-        """Add each sampled token to its sequence; return the sequences it finished. Sequences
-        with stop strings are detokenized together (one batched call per step)."""
-        to_text: dict[bool, list[Sequence]] = {}
+        """Add each sampled token to its sequence; return the sequences it finished."""
         for seq, row in pairs:
             p, token = seq.params, row.token
             seq.token_ids.append(token)
@@ -36,10 +34,7 @@ class OutputProcessor:
                 if seq.detokenizer is None:
                     seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.num_prompt_tokens,
                                                              p.skip_special_tokens)
-                to_text.setdefault(p.skip_special_tokens, []).append(seq)
-        for seqs in to_text.values():
-            for seq, new in zip(seqs, step_all([s.detokenizer for s in seqs], [s.token_ids for s in seqs])):
-                self._match_stop_strings(seq, new)
+                self._match_stop_strings(seq, seq.detokenizer.step(seq.token_ids))
         finished = []
         for seq, _ in pairs:
             if seq.finish_reason is None and self.at_length_limit(seq):

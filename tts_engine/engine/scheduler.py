@@ -126,17 +126,21 @@ class Scheduler:
         """Move all of seq's computed K/V into the tree. Where the tree already holds the same
         tokens, seq adopts the tree's slots and frees its own copies: then True (its table row
         must be filled from the tree)."""
-        n = seq.num_computed
-        if seq.num_tree == n:
+        n, t = seq.num_computed, seq.num_tree
+        if t == n:
             return False
-        existed, _ = self.cache.insert(seq.token_ids[:n], seq.slots[:n])
-        self.allocator.free(seq.slots[seq.num_tree:max(existed, seq.num_tree)])
-        slots, node = self.cache.match_prefix(seq.token_ids[:n])
+        existed, node = self.cache.insert(seq.token_ids[t:n], seq.slots[t:n], seq.node)
+        if existed:     # the tree's slots from t on: those of the nodes between seq.node and node
+            self.allocator.free(seq.slots[t:t + existed])
+            below, x = [], node
+            while x is not seq.node:
+                below.append(x.slots)
+                x = x.parent
+            seq.slots = seq.slots[:t] + [s for part in reversed(below) for s in part]
         self.cache.lock(node)
         self.cache.unlock(seq.node)
-        adopted = existed > seq.num_tree
-        seq.slots, seq.node, seq.num_tree = slots, node, n
-        return adopted
+        seq.node, seq.num_tree = node, n
+        return existed > 0
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -232,11 +236,11 @@ class Scheduler:
         if (
             self.enable_prefix_caching
             and seq.num_tree == start
-            and self.cache.cached_len(seq.token_ids[:end]) == start
+            and self.cache.cached_len(seq.token_ids[start:end], seq.node) == 0
         ):
             # Publish the chunk now: sequences admitted later in this same step reuse it, since every
             # layer stores all new K/V before any attention reads them.
-            _, node = self.cache.insert(seq.token_ids[:end], seq.slots[:end])
+            _, node = self.cache.insert(seq.token_ids[start:end], seq.slots[start:end], seq.node)
             self.cache.lock(node)
             self.cache.unlock(seq.node)
             seq.node, seq.num_tree = node, end
