@@ -54,7 +54,7 @@ class Phases:
         self.current: dict | None = None          # the batch the host works on now
         sched, prepare, execute = engine.scheduler.schedule, runner.prepare, runner.execute
         post = engine._postprocess
-        plan, self._detok = runner.cascade_levels, IncrementalDetokenizer.step
+        plan, self._detok = runner.cascade_levels, IncrementalDetokenizer.push
         model = runner.model
 
         def book(name, fn, batch):
@@ -108,10 +108,10 @@ class Phases:
         engine._postprocess = timed_post
         runner.execute, model.forward = timed_execute, zero_forward
         runner.cascade_levels = on_host("plan", plan)
-        IncrementalDetokenizer.step = on_host("detokenize", self._detok)
+        IncrementalDetokenizer.push = on_host("detokenize", self._detok)
 
     def close(self) -> None:
-        IncrementalDetokenizer.step = self._detok
+        IncrementalDetokenizer.push = self._detok
 
     def mean_ms(self, skip: int) -> dict[str, float]:
         """Decode steps' mean ms by phase (the first `skip` left out), and the host ms of the steps

@@ -33,22 +33,22 @@ def test_stop_strings_never_decode_the_whole_output_per_token(tiny_llama):
     from tts_engine.engine.detokenizer import IncrementalDetokenizer
     llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048)
     tok = llm.get_tokenizer()
-    decoded, pieces, real, real_step = [], [], tok.decode, IncrementalDetokenizer.step
+    decoded, pieces, real, real_push = [], [], tok.decode, IncrementalDetokenizer.push
 
     def spy(ids, skip_special_tokens=True):
         decoded.append(len(ids))
         return real(ids, skip_special_tokens)
 
-    def spy_step(self, ids):
-        pieces.append(real_step(self, ids))
+    def spy_push(self, token):
+        pieces.append(real_push(self, token))
         return pieces[-1]
 
-    tok.decode, IncrementalDetokenizer.step = spy, spy_step
+    tok.decode, IncrementalDetokenizer.push = spy, spy_push
     try:
-        out = llm.generate({"prompt_token_ids": [5, 6, 7]},
-                           SamplingParams(temperature=0, max_tokens=200, ignore_eos=True, stop=["never-appears"]))
+        params = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True, stop=["never-appears"])
+        out = llm.generate({"prompt_token_ids": [5, 6, 7]}, params)
     finally:
-        IncrementalDetokenizer.step = real_step
+        IncrementalDetokenizer.push = real_push
     assert len(out[0].outputs[0].token_ids) == 200 and len(pieces) == 200
     text, streamed = out[0].outputs[0].text, "".join(pieces)
     # (the stream holds back bytes of an unfinished character; decoding at once shows them as U+FFFD)

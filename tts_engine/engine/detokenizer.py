@@ -22,3 +22,8 @@ class IncrementalDetokenizer:
         pieces = [self._stream.step(self._backend, t) for t in ids[self._read:]]
         self._read = len(ids)
         return "".join(p for p in pieces if p)
+
+    def push(self, token: int) -> str:
+        """`step` for a sequence that grew by exactly this token (the engine's case)."""
+        self._read += 1
+        return self._stream.step(self._backend, token) or ""

@@ -129,7 +129,8 @@ class Engine:
     def _submit(self, prepared) -> Future:
         if self._worker is None:
             # (nothing the thread holds may refer to the engine, or the engine would never be freed)
-            init = functools.partial(torch.cuda.set_device, self.device) if self.device.type == "cuda" else None
+            cuda = self.device.type == "cuda"
+            init = functools.partial(torch.cuda.set_device, self.device) if cuda else None
             self._worker = ThreadPoolExecutor(1, "tts-engine-device", initializer=init)
             weakref.finalize(self, self._worker.shutdown, wait=False)
         return self._worker.submit(self.runner.execute, prepared)

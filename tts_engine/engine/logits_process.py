@@ -16,6 +16,8 @@ from tts_engine.engine.upload import upload
 
 
 def needs_processing(seq: Sequence) -> bool:
+    if not seq.processed:       # (most sequences: one attribute read)
+        return False
     p = seq.params
     return (p.repetition_penalty != 1 or p.presence_penalty != 0 or p.frequency_penalty != 0
             or seq.num_output_tokens < p.min_tokens)

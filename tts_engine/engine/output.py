@@ -16,35 +16,33 @@ class OutputProcessor:
         self.max_model_len = max_model_len
 
     def append_all(self, pairs: list[tuple[Sequence, SampledRow]]) -> list[Sequence]:
-        """Add each sampled token to its sequence; return the sequences it finished."""
+        """Add each sampled token to its sequence; return the sequences it finished. (One pass,
+        the sequence's attributes read once: this runs for every sequence at every step.)"""
+        finished, eos, max_len = [], self.eos_token_ids, self.max_model_len
         for seq, row in pairs:
-            p, token = seq.params, row.token
-            seq.token_ids.append(token)
+            p, token, ids = seq.params, row.token, seq.token_ids
+            ids.append(token)
             seq.cumulative_logprob += row.logprob
             if seq.logprobs is not None:
                 seq.logprobs.append(row.top)
             if p.presence_penalty or p.frequency_penalty:
                 seq.output_counts[token] = seq.output_counts.get(token, 0) + 1
-            may_stop = seq.num_output_tokens >= p.min_tokens   # (before that, EOS and stop tokens are banned)
+            generated = len(ids) - seq.num_prompt_tokens
+            may_stop = generated >= p.min_tokens   # (before that, EOS and stop tokens are banned)
             if may_stop and token in p.stop_token_ids:
                 seq.finish_reason, seq.stop_reason = "stop", token
-            elif may_stop and not p.ignore_eos and token in self.eos_token_ids:
+            elif may_stop and not p.ignore_eos and token in eos:
                 seq.finish_reason = "stop"
             elif p.stop:
                 if seq.detokenizer is None:
                     seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.num_prompt_tokens,
                                                              p.skip_special_tokens)
-                self._match_stop_strings(seq, seq.detokenizer.step(seq.token_ids))
-        finished = []
-        for seq, _ in pairs:
-            if seq.finish_reason is None and self.at_length_limit(seq):
+                self._match_stop_strings(seq, seq.detokenizer.push(token))
+            if seq.finish_reason is None and (generated >= seq.max_tokens or len(ids) >= max_len):
                 seq.finish_reason = "length"
             if seq.finish_reason is not None:
                 finished.append(seq)
         return finished
-
-    def at_length_limit(self, seq: Sequence) -> bool:
-        return seq.num_output_tokens >= seq.max_tokens or len(seq) >= self.max_model_len
 
     @staticmethod
     def _match_stop_strings(seq: Sequence, new: str) -> None:

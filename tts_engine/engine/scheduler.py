@@ -150,8 +150,9 @@ class Scheduler:
         batch = ScheduledBatch()
         scheduled: set[int] = set()      # sequences in this batch can no longer be preempted
         budget = self.max_num_batched_tokens
+        running = Status.RUNNING
         decoding = [s for s in self.running
-                    if s.status is Status.RUNNING and not s.is_prefilling and self._decodes(s)]
+                    if s.status is running and s.generates and not s.is_prefilling and self._decodes(s)]
         if self.allocator.num_free >= len(decoding):      # the common case: one allocation for all
             for seq, slot in zip(decoding, self.allocator.alloc(len(decoding))):
                 seq.slots.append(slot)
@@ -205,9 +206,9 @@ class Scheduler:
     def _decodes(self, seq: Sequence) -> bool:
         """Whether a running sequence whose context is computed decodes a token: not one that only
         encodes, nor one whose token in flight fills its max_tokens or the context (it finishes)."""
-        ahead = seq.in_flight
-        return seq.generates and not (seq.num_output_tokens + ahead >= seq.max_tokens
-                                      or len(seq) + ahead >= self.max_model_len)
+        length = len(seq.token_ids) + seq.in_flight
+        return seq.generates and not (length - seq.num_prompt_tokens >= seq.max_tokens
+                                      or length >= self.max_model_len)
 
     def _admit(self, seq: Sequence) -> None:
         """Match the longest cached prefix and lock it. At least the last token is always computed,

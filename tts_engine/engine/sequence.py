@@ -59,6 +59,9 @@ class Sequence:
         # per generated token {token_id: (logprob, rank)}, the chosen token first (LLM makes Logprobs)
         self.logprobs: list[dict[int, tuple[float, int]]] | None = [] if params.logprobs is not None else None
         self.output_counts: dict[int, int] = {}   # kept only when presence/frequency penalties need it
+        # whether its logits may ever need processing (logits_process.needs_processing)
+        self.processed = (params.repetition_penalty != 1 or params.presence_penalty != 0
+                          or params.frequency_penalty != 0 or params.min_tokens > 0)
         self.detokenizer = None          # set by the engine when stop strings need the text
         self.text = ""
         self.finish_reason: str | None = None
