@@ -30,6 +30,7 @@ max(host, device) where one step at a time (--sync) pays host + device.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -140,6 +141,7 @@ def model_folder(folder: str, max_len: int) -> str:
 
 def measure(folder: str, scenario: str, seqs: int, context: int, steps: int, forward_ms: float,
             overlap: bool) -> dict:
+    gc.collect()      # the last case's engine, collected now rather than during this one's steps
     llm = LLM(folder, dtype="float32", device="cpu", max_num_seqs=seqs, seed=0, overlap=overlap,
               kv_cache_tokens=context + seqs * (2 * steps + 80) + 4096)
     g = torch.Generator().manual_seed(context + seqs)
