@@ -25,7 +25,7 @@ The overlapped loop (the default) hides the host's work behind the device's: its
 max(host, device) where one step at a time (--sync) pays host + device.
 
     python benchmarks/bench_host.py [--seqs 64 256 1024] [--contexts 2048 8192] [--steps 16]
-                                    [--forward-ms 0] [--sync] [--json FILE]
+                                    [--forward-ms 0] [--sync] [--device cpu|cuda] [--json FILE]
 """
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ class Phases:
             t = time.perf_counter()
             if forward_ms:
                 time.sleep(forward_ms / 1e3)      # a forward on the device, as the host sees it
-            out = torch.zeros(input_ids.shape[0], model.cfg.hidden_size, dtype=torch.float32)
+            out = torch.zeros(input_ids.shape[0], model.cfg.hidden_size, dtype=torch.float32,
+                              device=input_ids.device)
             self.forward += time.perf_counter() - t
             return out
 
@@ -140,10 +141,11 @@ def model_folder(folder: str, max_len: int) -> str:
 
 
 def measure(folder: str, scenario: str, seqs: int, context: int, steps: int, forward_ms: float,
-            overlap: bool) -> dict:
+            overlap: bool, device: str = "cpu") -> dict:
     gc.collect()      # the last case's engine, collected now rather than during this one's steps
-    llm = LLM(folder, dtype="float32", device="cpu", max_num_seqs=seqs, seed=0, overlap=overlap,
-              kv_cache_tokens=context + seqs * (2 * steps + 80) + 4096)
+    # (eager: a CUDA graph would replay the real model instead of the stand-in forward)
+    llm = LLM(folder, dtype="float32", device=device, max_num_seqs=seqs, seed=0, overlap=overlap,
+              kv_cache_tokens=context + seqs * (2 * steps + 80) + 4096, enforce_eager=True)
     g = torch.Generator().manual_seed(context + seqs)
     prompt = torch.randint(2, 258, (context,), generator=g).tolist()
 
@@ -172,6 +174,7 @@ def main() -> None:
                     help="decode steps per case (the first 2 are not counted)")
     ap.add_argument("--forward-ms", type=float, default=0.0, help="the forward's time, a sleep")
     ap.add_argument("--sync", action="store_true", help="also run one step at a time, for comparison")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: the device half on a GPU")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     rows = []
@@ -183,7 +186,8 @@ def main() -> None:
             for context in args.contexts:
                 for seqs in args.seqs:
                     for overlap in (True, False) if args.sync else (True,):
-                        r = measure(folder, scenario, seqs, context, args.steps, args.forward_ms, overlap)
+                        r = measure(folder, scenario, seqs, context, args.steps, args.forward_ms, overlap,
+                                    args.device)
                         rows.append(r)
                         cells = "".join(f"{r[p]:>12.2f}" for p in PHASES) + f"{r['admission']:>11.2f}"
                         loop = "overlap" if overlap else "sync"

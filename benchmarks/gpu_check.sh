@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-call GPU check, from the repo root, under 6 minutes on an H100 with no network:
+# The one-call GPU check, from the repo root, 7 minutes at most on an H100, with no network:
 #   bash benchmarks/gpu_check.sh            # on the GPU machine (the device tool, carry [".wheels"])
 #   bash benchmarks/gpu_check.sh --smoke    # every stage's Python on a CPU, tiny shapes (CI runs this)
 # Stages, each with its own time limit, log and rows, so that a stage cut by its limit loses only
@@ -12,6 +12,8 @@
 #             extend against SDPA, at Llama-3.2-1B and Qwen2.5-1.5B shapes
 #   workload  benchmarks/bench_workload.py: beam search and DVTS through the study code, a 1B policy
 #             and a 1.5B PRM at 0.45 / 0.45 of the GPU, N=64, with the roofline beside it
+#   host      benchmarks/bench_host.py on the GPU: host ms per decode step at 256 sequences x 4k,
+#             overlapped and one step at a time, with a forward that costs nothing and one of 10 ms
 #   tests     the GPU-only tests (CUDA graphs, the CUDA sampler's distribution), from pytest wheels
 #             carried in .wheels/; fill it once, where pip works:
 #             pip download --no-deps -d .wheels pytest pluggy iniconfig packaging
@@ -81,7 +83,16 @@ fi
 # 4. the real workload
 stage workload 180 $PY benchmarks/bench_workload.py $SMOKE
 
-# 5. GPU-only tests (on the CPU they skip)
+# 5. host work per step, the overlapped loop against the synchronous one
+if [ -n "$SMOKE" ]; then
+  HOST_ARGS="--device cpu --seqs 8 --contexts 64 --steps 4"
+else
+  HOST_ARGS="--device cuda --seqs 256 --contexts 4096 --steps 16"
+fi
+TAIL=10 stage host 75 bash -c "$PY benchmarks/bench_host.py $HOST_ARGS --sync \
+  && $PY benchmarks/bench_host.py $HOST_ARGS --sync --forward-ms 10"
+
+# 6. GPU-only tests (on the CPU they skip)
 if [ -z "$SMOKE" ] && [ -d .wheels ]; then
   $PY -m pip install -q --no-index --no-deps --target /tmp/gpu_check_site .wheels/*.whl > "$LOG/wheels.log" 2>&1
   export PYTHONPATH="$PYTHONPATH:/tmp/gpu_check_site"
@@ -97,5 +108,5 @@ fi
 echo "== stages"
 cat "$LOG/stages"
 echo "total ${SECONDS}s; logs in $LOG"
-# (limits: install 30 + max(kernels 75, build 90) + workload 180 + tests 45 = 345 s at most)
+# (limits: install 30 + max(kernels 75, build 90) + workload 180 + host 75 + tests 45 = 420 s at most)
 ! grep -qv ' ok ' "$LOG/stages"      # exit 1 when a stage failed or was cut

@@ -23,9 +23,14 @@ def test_smoke_run_prints_every_stage(tmp_path):
     for method in ("beam", "dvts"):
         assert f"== {method}: 2 problems in" in out
     assert out.count("roofline (policy decode steps") == 2 and out.count("  prm ") >= 2
-    stages = out[out.index("== stages"):].splitlines()[1:4]
-    assert [line.split()[:2] for line in stages] == [["kernels", "ok"], ["workload", "ok"], ["tests", "ok"]]
-    assert {"kernels.log", "workload.log", "tests.log", "stages"} <= set(os.listdir(tmp_path / "gpu_check"))
+    host = [line.split() for line in out.splitlines() if line.startswith(("forked ", "resubmitted "))]
+    assert sorted((r[0], r[3]) for r in host) == sorted(
+        [(s, loop) for s in ("forked", "resubmitted") for loop in ("overlap", "sync")] * 2)
+    stages = out[out.index("== stages"):].splitlines()[1:5]
+    assert [line.split()[:2] for line in stages] == [["kernels", "ok"], ["workload", "ok"], ["host", "ok"],
+                                                     ["tests", "ok"]]
+    assert {"kernels.log", "workload.log", "host.log", "tests.log", "stages"} <= set(
+        os.listdir(tmp_path / "gpu_check"))
 
 
 def test_kernels_that_do_not_import_stop_the_check(tmp_path):
