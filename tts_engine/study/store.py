@@ -67,13 +67,20 @@ class Store:
                 self.rows.append(r)
 
     def add_unit(self, rows: list[dict]) -> None:
-        """Append a unit's rows together (they already carry settings, unit and unit_size)."""
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows))
-            f.flush()
-            os.fsync(f.fileno())
-        self.rows += rows
-        self.done |= {self.row_key(r) for r in rows}
+        """Append a unit's rows together (they already carry settings, unit and unit_size). Once
+        the OS has them, they count as saved, even if Ctrl-C lands during the sync that follows:
+        a killed process keeps what it wrote, and the message after Ctrl-C counts these rows."""
+        handed = False
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in rows))
+                f.flush()
+                handed = True
+                os.fsync(f.fileno())
+        finally:
+            if handed:
+                self.rows += rows
+                self.done |= {self.row_key(r) for r in rows}
 
     def _rewrite(self, rows: list[dict]) -> None:
         with open(self.path + ".tmp", "w", encoding="utf-8") as f:
