@@ -226,3 +226,20 @@ def test_a_unit_written_twice_counts_once(tmp_path):
     store = Store(str(path), "k", lambda r: r["id"])
     assert [r["id"] for r in store.rows] == [0, 1] and store.done == {0, 1}
 
+
+
+def test_rows_handed_to_the_os_count_even_when_ctrl_c_lands_in_the_sync(tmp_path, monkeypatch):
+    """Ctrl-C during the fsync after a unit's write: the rows are in the file (a killed process
+    keeps them) and the store counts them, so the interrupted message names them."""
+    import os
+    store = Store(str(tmp_path / "r.jsonl"), "k", lambda r: r["id"])
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.add_unit([{"id": i, "unit": "a", "unit_size": 2, "settings": "k"} for i in (0, 1)])
+    monkeypatch.undo()
+    assert [r["id"] for r in store.rows] == [0, 1] and store.done == {0, 1}
+    assert Store(str(tmp_path / "r.jsonl"), "k", lambda r: r["id"]).done == {0, 1}
