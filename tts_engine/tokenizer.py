@@ -177,11 +177,8 @@ class Tokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def batch_decode(self, sequences, skip_special_tokens: bool = False, **kwargs) -> list[str]:
-        return self.decode_batch([[int(i) for i in ids] for ids in sequences], skip_special_tokens)
-
-    def decode_batch(self, sequences: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
-        """Texts of lists of int ids, in one call (the engine's detokenizer)."""
-        return self._tok.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+        return self._tok.decode_batch([[int(i) for i in ids] for ids in sequences],
+                                      skip_special_tokens=skip_special_tokens)
 
     def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | None | list[int | None]:
         if isinstance(tokens, str):

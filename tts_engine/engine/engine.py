@@ -139,11 +139,10 @@ class Engine:
     def _postprocess(self, batch: ScheduledBatch, out: StepOutput) -> int:
         """Apply a step's results; return how many sequences finished. Sequences that finished
         since the step was scheduled (the overlapped loop) are skipped: their rows are void."""
-        live = [c for c in batch.prefill if c.seq.status is not Status.FINISHED]
         self._count(batch)
         for (seq, pos), h in zip(batch.kept, out.kept if out.kept is not None else ()):
             seq.hidden_states[pos] = h
-        finished = [c.seq for c in live if not c.seq.generates and c.end == len(c.seq)]
+        finished = [c.seq for c in batch.prefill if not c.seq.generates and c.end == len(c.seq)]
         for seq in finished:
             seq.finish_reason = "encoded"
         pairs = []

@@ -16,11 +16,8 @@ from tts_engine.engine.upload import upload
 
 
 def needs_processing(seq: Sequence) -> bool:
-    if not seq.processed:       # (most sequences: one attribute read)
-        return False
-    p = seq.params
-    return (p.repetition_penalty != 1 or p.presence_penalty != 0 or p.frequency_penalty != 0
-            or seq.num_output_tokens < p.min_tokens)
+    min_tokens = seq.params.min_tokens
+    return seq.penalized or (min_tokens > 0 and seq.num_output_tokens < min_tokens)
 
 
 def lists(seqs: list[Sequence], eos_token_ids: set[int]) -> tuple[list, ...]:

@@ -38,7 +38,7 @@ class OutputProcessor:
                     seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.num_prompt_tokens,
                                                              p.skip_special_tokens)
                 self._match_stop_strings(seq, seq.detokenizer.push(token))
-            if seq.finish_reason is None and (generated >= seq.max_tokens or len(ids) >= max_len):
+            if seq.finish_reason is None and seq.is_full(max_len):
                 seq.finish_reason = "length"
             if seq.finish_reason is not None:
                 finished.append(seq)

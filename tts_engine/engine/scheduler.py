@@ -150,26 +150,20 @@ class Scheduler:
         batch = ScheduledBatch()
         scheduled: set[int] = set()      # sequences in this batch can no longer be preempted
         budget = self.max_num_batched_tokens
-        running = Status.RUNNING
-        decoding = [s for s in self.running
-                    if s.status is running and s.generates and not s.is_prefilling and self._decodes(s)]
-        if self.allocator.num_free >= len(decoding):      # the common case: one allocation for all
-            for seq, slot in zip(decoding, self.allocator.alloc(len(decoding))):
-                seq.slots.append(slot)
-                seq.num_computed += 1
-            batch.decode, batch.decode_lens = decoding, [s.num_computed for s in decoding]
-            scheduled.update(s.seq_id for s in decoding)
-            budget -= len(decoding)
-        else:
-            for seq in decoding:
-                if seq.status is not Status.RUNNING or not self._reserve(1, seq, scheduled):
-                    continue   # seq was preempted (for an earlier one, or for itself)
-                seq.slots += self.allocator.alloc(1)
-                seq.num_computed += 1
-                batch.decode.append(seq)
-                batch.decode_lens.append(seq.num_computed)
-                scheduled.add(seq.seq_id)
-                budget -= 1
+        # Each sequence whose context is computed decodes one token, unless it only encodes or its
+        # token in flight leaves no room for another (then that token finishes it).
+        decoding = [s for s in self.running if s.status is Status.RUNNING and s.generates
+                    and not s.is_prefilling and not s.is_full(self.max_model_len, s.in_flight)]
+        room = self.allocator.num_free >= len(decoding)    # the common case: nobody is preempted
+        for seq in decoding:
+            if not room and (seq.status is not Status.RUNNING or not self._reserve(1, seq, scheduled)):
+                continue   # seq was preempted (for an earlier one, or for itself)
+            seq.slots += self.allocator.alloc(1)
+            seq.num_computed += 1
+            batch.decode.append(seq)
+            batch.decode_lens.append(seq.num_computed)
+            scheduled.add(seq.seq_id)
+            budget -= 1
         # Sequences part-way through a chunked prefill, then new ones.
         for seq in [s for s in self.running if s.is_prefilling]:
             if budget <= 0:
@@ -202,13 +196,6 @@ class Scheduler:
         for seq in batch.sampling:
             seq.in_flight += 1
         return batch
-
-    def _decodes(self, seq: Sequence) -> bool:
-        """Whether a running sequence whose context is computed decodes a token: not one that only
-        encodes, nor one whose token in flight fills its max_tokens or the context (it finishes)."""
-        length = len(seq.token_ids) + seq.in_flight
-        return seq.generates and not (length - seq.num_prompt_tokens >= seq.max_tokens
-                                      or length >= self.max_model_len)
 
     def _admit(self, seq: Sequence) -> None:
         """Match the longest cached prefix and lock it. At least the last token is always computed,

@@ -59,9 +59,9 @@ class Sequence:
         # per generated token {token_id: (logprob, rank)}, the chosen token first (LLM makes Logprobs)
         self.logprobs: list[dict[int, tuple[float, int]]] | None = [] if params.logprobs is not None else None
         self.output_counts: dict[int, int] = {}   # kept only when presence/frequency penalties need it
-        # whether its logits may ever need processing (logits_process.needs_processing)
-        self.processed = (params.repetition_penalty != 1 or params.presence_penalty != 0
-                          or params.frequency_penalty != 0 or params.min_tokens > 0)
+        # any penalty on its logits (read at every step by logits_process.needs_processing)
+        self.penalized = (params.repetition_penalty != 1 or params.presence_penalty != 0
+                          or params.frequency_penalty != 0)
         self.detokenizer = None          # set by the engine when stop strings need the text
         self.text = ""
         self.finish_reason: str | None = None
@@ -74,6 +74,12 @@ class Sequence:
     def length(self) -> int:
         """Tokens including the one in flight: what the scheduler plans with."""
         return len(self.token_ids) + self.in_flight
+
+    def is_full(self, max_model_len: int, ahead: int = 0) -> bool:
+        """No room for another token once `ahead` tokens in flight have joined: max_tokens are
+        generated, or the context is full."""
+        n = len(self.token_ids) + ahead
+        return n - self.num_prompt_tokens >= self.max_tokens or n >= max_model_len
 
     @property
     def output_token_ids(self) -> list[int]:
