@@ -55,7 +55,7 @@ class Phases:
         self.current: dict | None = None          # the batch the host works on now
         sched, prepare, execute = engine.scheduler.schedule, runner.prepare, runner.execute
         post = engine._postprocess
-        plan, self._detok = runner.cascade_levels, IncrementalDetokenizer.push
+        plan, self._detok = runner.cascade_levels, IncrementalDetokenizer.step
         model = runner.model
 
         def book(name, fn, batch):
@@ -110,10 +110,10 @@ class Phases:
         engine._postprocess = timed_post
         runner.execute, model.forward = timed_execute, zero_forward
         runner.cascade_levels = on_host("plan", plan)
-        IncrementalDetokenizer.push = on_host("detokenize", self._detok)
+        IncrementalDetokenizer.step = on_host("detokenize", self._detok)
 
     def close(self) -> None:
-        IncrementalDetokenizer.push = self._detok
+        IncrementalDetokenizer.step = self._detok
 
     def mean_ms(self, skip: int) -> dict[str, float]:
         """Decode steps' mean ms by phase (the first `skip` left out), and the host ms of the steps

@@ -20,6 +20,8 @@ def test_bench_host_reports_every_phase_for_both_loops(tmp_path):
     assert sorted((r["scenario"], r["overlap"]) for r in rows) == [
         ("forked", False), ("forked", True), ("resubmitted", False), ("resubmitted", True)]
     for r in rows:
-        phases = [r[k] for k in ("schedule", "prepare", "postprocess", "detokenize")]
-        assert all(p > 0 for p in phases) and r["host"] >= sum(phases)
+        phases = [r[k] for k in ("schedule", "prepare", "postprocess")]
+        # (the detokenizer wakes only for tokens that may end the stop string: maybe none here)
+        assert all(p > 0 for p in phases) and r["detokenize"] >= 0
+        assert r["host"] >= sum(phases) + r["detokenize"]
         assert r["forward"] >= 1.0 and r["device"] >= r["forward"] and r["wall"] > 0

@@ -33,6 +33,12 @@ class SlotAllocator:
         del self._free[len(self._free) - n:]
         return out
 
+    def take(self) -> int:
+        """One slot (`alloc(1)` for a decode token, without making a list)."""
+        if not self._free:
+            raise RuntimeError("KV pool exhausted: asked for 1 slot, 0 free")
+        return self._free.pop()
+
     def free(self, slots: list[int]) -> None:
         self._free.extend(slots)
 

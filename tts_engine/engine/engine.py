@@ -20,7 +20,6 @@ models lose more to that than they gain).
 from __future__ import annotations
 
 import functools
-import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
@@ -50,7 +49,8 @@ class Engine:
         self.eos_token_ids, self.model = parts.eos_token_ids, parts.model
         self.kv_cache_tokens, self.runner = parts.kv_cache_tokens, parts.runner
         self.scheduler = Scheduler(config, self.kv_cache_tokens, self.max_model_len)
-        self.output = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
+        self.output = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len,
+                                      self.model_config.vocab_size)
         self.requests = RequestMaker(self.model_config.vocab_size, self.max_model_len, self.kv_cache_tokens,
                                      config.seed)
         self.overlap = self.device.type == "cuda" if config.overlap is None else config.overlap
@@ -137,25 +137,16 @@ class Engine:
 
     # ------------------------------------------------------------ after a step
     def _postprocess(self, batch: ScheduledBatch, out: StepOutput) -> int:
-        """Apply a step's results; return how many sequences finished. Sequences that finished
-        since the step was scheduled (the overlapped loop) are skipped: their rows are void."""
+        """Apply a step's results; return how many sequences finished."""
         self._count(batch)
         for (seq, pos), h in zip(batch.kept, out.kept if out.kept is not None else ()):
             seq.hidden_states[pos] = h
         finished = [c.seq for c in batch.prefill if not c.seq.generates and c.end == len(c.seq)]
         for seq in finished:
             seq.finish_reason = "encoded"
-        pairs = []
-        for seq, row in zip(batch.sampling, out.rows):
-            seq.in_flight -= 1
-            if seq.status is Status.FINISHED:
-                continue
-            if not row.finite:
-                warnings.warn(f"non-finite logits for request {seq.request_id} at position {len(seq)}; "
-                              f"took their argmax (token {row.token})", RuntimeWarning)
-            pairs.append((seq, row))
-        self.stats.generated_tokens += len(pairs)
-        finished += self.output.append_all(pairs)
+        done, appended = self.output.append_all(batch.sampling, out.rows)
+        self.stats.generated_tokens += appended
+        finished += done
         for seq in finished:
             seq.saved_flops = forward_flops(self.model_config, [(0, seq.num_cached_prompt_tokens)], 0)
             self.output.finish_text(seq)
@@ -167,9 +158,10 @@ class Engine:
         sequences'). A caller that applies the head to kept hidden states counts those itself."""
         cfg, total = self.model_config, 0
         token, per_key, window = self._decode_cost
-        for seq, n in zip(batch.decode, batch.decode_lens):
+        lens = batch.decode_lens if window is None else [min(n, window) for n in batch.decode_lens]
+        for seq, n in zip(batch.decode, lens):
             if seq.status is not Status.FINISHED:
-                seq.flops += (f := token + per_key * (n if window is None else min(n, window)))
+                seq.flops += (f := token + per_key * n)
                 total += f
         for c in batch.prefill:
             c.seq.flops += (f := forward_flops(cfg, [(c.start, c.end)], int(c.samples)))

@@ -4,22 +4,36 @@ incrementally detokenized text, max_tokens, the context), and a finished sequenc
 """
 from __future__ import annotations
 
-from tts_engine.engine.detokenizer import IncrementalDetokenizer
+import warnings
+
+from tts_engine.engine.detokenizer import IncrementalDetokenizer, stop_triggers, token_texts
 from tts_engine.engine.sampler import SampledRow
-from tts_engine.engine.sequence import Sequence
+from tts_engine.engine.sequence import Sequence, Status
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer, eos_token_ids: set[int], max_model_len: int):
+    def __init__(self, tokenizer, eos_token_ids: set[int], max_model_len: int, vocab_size: int):
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
+        self.vocab_size = vocab_size
+        self._texts: dict[bool, list[str]] = {}                      # skip_special_tokens -> token texts
+        self._triggers: dict[tuple[tuple[str, ...], bool], bytes] = {}   # (stops, skip) -> stop_triggers
 
-    def append_all(self, pairs: list[tuple[Sequence, SampledRow]]) -> list[Sequence]:
-        """Add each sampled token to its sequence; return the sequences it finished. (One pass,
-        the sequence's attributes read once: this runs for every sequence at every step.)"""
-        finished, eos, max_len = [], self.eos_token_ids, self.max_model_len
-        for seq, row in pairs:
+    def append_all(self, seqs: list[Sequence], rows: list[SampledRow]) -> tuple[list[Sequence], int]:
+        """Add each sampled token to its sequence; return the sequences it finished and how many
+        tokens joined. A sequence that finished since the step was scheduled (the overlapped
+        loop) takes nothing: its row is void. (One pass, the sequence's attributes read once:
+        this runs for every sequence at every step.)"""
+        finished, eos, max_len, appended = [], self.eos_token_ids, self.max_model_len, 0
+        for seq, row in zip(seqs, rows):
+            seq.in_flight -= 1
+            if seq.status is Status.FINISHED:
+                continue
+            if not row.finite:
+                warnings.warn(f"non-finite logits for request {seq.request_id} at position {len(seq)}; "
+                              f"took their argmax (token {row.token})", RuntimeWarning)
+            appended += 1
             p, token, ids = seq.params, row.token, seq.token_ids
             ids.append(token)
             seq.cumulative_logprob += row.logprob
@@ -34,22 +48,33 @@ class OutputProcessor:
             elif may_stop and not p.ignore_eos and token in eos:
                 seq.finish_reason = "stop"
             elif p.stop:
-                if seq.detokenizer is None:
-                    seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.num_prompt_tokens,
-                                                             p.skip_special_tokens)
-                self._match_stop_strings(seq, seq.detokenizer.push(token))
+                det = seq.detokenizer or self._detokenizer(seq)
+                if det.holding or det.triggers[token]:   # (else the token cannot complete a stop)
+                    self._match_stop_strings(seq, det.step(ids))
             if seq.finish_reason is None and seq.is_full(max_len):
                 seq.finish_reason = "length"
             if seq.finish_reason is not None:
                 finished.append(seq)
-        return finished
+        return finished, appended
+
+    def _detokenizer(self, seq: Sequence) -> IncrementalDetokenizer:
+        p = seq.params
+        key = (tuple(p.stop), p.skip_special_tokens)
+        if key not in self._triggers:
+            if p.skip_special_tokens not in self._texts:
+                self._texts[p.skip_special_tokens] = token_texts(self.tokenizer, p.skip_special_tokens)
+            self._triggers[key] = stop_triggers(self._texts[p.skip_special_tokens], p.stop, self.vocab_size)
+        seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.num_prompt_tokens, p.skip_special_tokens,
+                                                 self._triggers[key])
+        return seq.detokenizer
 
     @staticmethod
     def _match_stop_strings(seq: Sequence, new: str) -> None:
         """Stop strings are matched on the text, so a stop made of several tokens (or inside one)
         is found. The text grows by incremental detokenization; only its new tail can hold a new
-        match (and none is looked for before min_tokens). The matched stop string stays in the
-        text only with include_stop_str_in_output."""
+        match (and none is looked for before min_tokens). The tail may be several tokens' text,
+        but only the newest token's can complete a match (detokenizer.py). The matched stop
+        string stays in the text only with include_stop_str_in_output."""
         p = seq.params
         if not new:
             return

@@ -97,15 +97,14 @@ class ModelRunner:
     # ------------------------------------------------------------ host half
     def prepare(self, batch: ScheduledBatch, eos_token_ids: set[int]) -> Prepared:
         ints = {name: [] for name in INTS}
-        table_rows, positions, slot_mapping = ints["table_rows"], ints["positions"], ints["slot_mapping"]
-        for seq in batch.decode:
-            n = seq.num_computed - 1
-            # the token fed: on the host, or (sampled by the step still running) only on the device
-            ints["decode_ids"].append(seq.token_ids[n] if n < len(seq.token_ids) else -1)
-            table_rows.append(seq.row)
-            positions.append(n)
-            slot_mapping.append(seq.slots[n])
-        nd = len(batch.decode)
+        decode = batch.decode
+        ints["positions"] = positions = [s.num_computed - 1 for s in decode]
+        # the token fed: on the host, or (sampled by the step still running) only on the device
+        ints["decode_ids"] = [s.token_ids[n] if n < len(s.token_ids) else -1
+                              for s, n in zip(decode, positions)]
+        ints["table_rows"] = table_rows = [s.row for s in decode]
+        ints["slot_mapping"] = slot_mapping = [s.slots[n] for s, n in zip(decode, positions)]
+        nd = len(decode)
         ints["sample_rows"] = list(range(nd))
         ints["decode_rows"] = table_rows[:]
         for c in batch.prefill:
@@ -132,10 +131,11 @@ class ModelRunner:
                                  + [g.end - g.start for g in groups]
                                  + [r for g in groups for r in g.rows + [-1] * (width - len(g.rows))])
         # sampling rows: decode and prefill rows, then each sibling reads its parent's logits row
-        sampling = batch.sampling
-        where = {id(s): i for i, s in enumerate(sampling[:len(ints["sample_rows"])])}
-        ints["logit_rows"] = list(range(len(where))) + [
-            where[id(f.parent)] for f in batch.forks for _ in f.siblings]
+        sampling, own = batch.sampling, len(ints["sample_rows"])
+        ints["logit_rows"] = list(range(own))
+        if batch.forks:
+            where = {id(s): i for i, s in enumerate(sampling[:own])}
+            ints["logit_rows"] += [where[id(f.parent)] for f in batch.forks for _ in f.siblings]
         ints["next_rows"] = [s.row for s in sampling]
         fills = []
         for row, node in batch.fills:

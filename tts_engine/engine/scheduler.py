@@ -152,20 +152,25 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         # Each sequence whose context is computed decodes one token, unless it only encodes or its
         # token in flight leaves no room for another (then that token finishes it).
-        decoding = [s for s in self.running if s.status is Status.RUNNING and s.generates
-                    and not s.is_prefilling and not s.is_full(self.max_model_len, s.in_flight)]
+        decoding, prefilling, max_len = [], [], self.max_model_len
+        for s in self.running:
+            if s.is_prefilling:
+                prefilling.append(s)
+            elif s.generates and not s.is_full(max_len, s.in_flight):
+                decoding.append(s)
         room = self.allocator.num_free >= len(decoding)    # the common case: nobody is preempted
+        take = self.allocator.take
         for seq in decoding:
             if not room and (seq.status is not Status.RUNNING or not self._reserve(1, seq, scheduled)):
                 continue   # seq was preempted (for an earlier one, or for itself)
-            seq.slots += self.allocator.alloc(1)
+            seq.slots.append(take())
             seq.num_computed += 1
             batch.decode.append(seq)
-            batch.decode_lens.append(seq.num_computed)
             scheduled.add(seq.seq_id)
-            budget -= 1
+        batch.decode_lens = [s.num_computed for s in batch.decode]
+        budget -= len(batch.decode)
         # Sequences part-way through a chunked prefill, then new ones.
-        for seq in [s for s in self.running if s.is_prefilling]:
+        for seq in prefilling:
             if budget <= 0:
                 break
             if seq.status is Status.RUNNING:
