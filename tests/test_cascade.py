@@ -25,12 +25,10 @@ def beam_tree(rng: random.Random):
             for _ in range(rng.randrange(1, 4)):
                 seq = Sequence(len(seqs), 0, 0, child, SamplingParams(), 0)
                 _, seq.node = cache.insert(child, alloc.alloc(len(child)))
-                seq.slots, seq.row = [], len(seqs)
+                seq.row = len(seqs)
                 seq.num_computed = len(child) + rng.randrange(1, 5)
                 seqs.append(seq)
-    for seq in seqs:      # (inserting later paths split earlier ones: take each path as it is now)
-        seq.slots = [s for node in RadixCache.path(seq.node) for s in node.slots]
-    return seqs
+    return seqs      # (seq.slots reads the path as it is: inserting later paths split earlier ones)
 
 
 def check_exact(seqs, levels, starts, min_work):

@@ -226,3 +226,30 @@ def test_encode_with_a_chunk_ending_before_the_last_token(tiny_llama):
     chunked = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=1024, max_num_batched_tokens=16)
     assert torch.allclose(chunked.encode([ids])[0], whole, atol=1e-5)
     assert chunked.stats()["computed_prompt_tokens"] == 17 and chunked.stats()["generated_tokens"] == 0
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_the_heap_is_frozen_only_while_the_engine_runs(tiny_llama, overlap):
+    """Objects made before a run sit outside the collector's generations during it (so a full
+    collection inside a step walks only what steps made), and are back afterwards; a caller's own
+    frozen objects are left as the caller froze them."""
+    import gc
+    llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=1024, overlap=overlap)
+    counts, schedule = [], llm.engine.scheduler.schedule
+
+    def spy():
+        counts.append(gc.get_freeze_count())
+        return schedule()
+
+    llm.engine.scheduler.schedule = spy
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=8, seed=0)
+    llm.generate({"prompt_token_ids": [3, 4, 5]}, params, use_tqdm=False)
+    assert counts and min(counts) > 0 and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        mine, counts[:] = gc.get_freeze_count(), []
+        llm.generate({"prompt_token_ids": [3, 4, 5]}, params, use_tqdm=False)
+        # (nothing more is frozen, and nothing thawed; frozen objects that die leave the count)
+        assert counts and max(counts) <= mine and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -73,10 +73,10 @@ class RadixCache:
         self.work = 0                   # heap entries examined (tests bound eviction work with it)
 
     # ------------------------------------------------------------ lookup
-    def match_prefix(self, tokens: list[int]) -> tuple[list[int], Node]:
-        """Longest cached prefix of `tokens`: its slots and the node where it ends (split so that
-        the boundary is exact)."""
-        node, slots, i = self.root, [], 0
+    def match_prefix(self, tokens: list[int]) -> Node:
+        """The node where the longest cached prefix of `tokens` ends (split so that the boundary
+        is exact: its depth is the prefix's length)."""
+        node, i = self.root, 0
         now = next(self._clock)
         node.last_access = now
         while i < len(tokens):
@@ -87,10 +87,9 @@ class RadixCache:
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_access = now
-            slots += child.slots
             node, i = child, i + n
         self._offer(node)               # (only the last node of a path can be a leaf)
-        return slots, node
+        return node
 
     def _split(self, node: Node, n: int) -> Node:
         """Cut `node` after its first n tokens; return the new upper part."""
@@ -103,6 +102,11 @@ class RadixCache:
         if node.value is not None:      # views: a split copies nothing on the device
             upper.value, node.value = node.value[:n], node.value[n:]
         return upper
+
+    @staticmethod
+    def path_slots(node: Node) -> list[int]:
+        """The slots of the tokens from the root to node's end (O(depth): for checks, not the step)."""
+        return [s for n in RadixCache.path(node) for s in n.slots]
 
     @staticmethod
     def path(node: Node) -> list[Node]:

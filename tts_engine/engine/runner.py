@@ -98,12 +98,12 @@ class ModelRunner:
     def prepare(self, batch: ScheduledBatch, eos_token_ids: set[int]) -> Prepared:
         ints = {name: [] for name in INTS}
         decode = batch.decode
-        ints["positions"] = positions = [s.num_computed - 1 for s in decode]
+        ints["positions"] = positions = [n - 1 for n in batch.decode_lens]
         # the token fed: on the host, or (sampled by the step still running) only on the device
         ints["decode_ids"] = [s.token_ids[n] if n < len(s.token_ids) else -1
                               for s, n in zip(decode, positions)]
         ints["table_rows"] = table_rows = [s.row for s in decode]
-        ints["slot_mapping"] = slot_mapping = [s.slots[n] for s, n in zip(decode, positions)]
+        ints["slot_mapping"] = slot_mapping = batch.decode_slots[:]
         nd = len(decode)
         ints["sample_rows"] = list(range(nd))
         ints["decode_rows"] = table_rows[:]
@@ -113,7 +113,7 @@ class ModelRunner:
             ints["prefill_ids"] += seq.token_ids[c.start:c.end]
             table_rows += [seq.row] * n
             positions += range(c.start, c.end)
-            slot_mapping += seq.slots[c.start:c.end]
+            slot_mapping += c.slots
             ints["prefill_rows"].append(seq.row)
             ints["prefill_q_lens"].append(n)
             ints["prefill_kv_lens"].append(c.end)

@@ -24,10 +24,12 @@ from tts_engine.engine.stats import EngineStats
 
 @dataclass
 class Chunk:
-    """Prompt tokens start..end of seq, computed this step, and what that yields (Sequence.outputs_after)."""
+    """Prompt tokens start..end of seq, computed this step into `slots`, and what that yields
+    (Sequence.outputs_after)."""
     seq: Sequence
     start: int
     end: int
+    slots: list[int]
     samples: bool = field(init=False)      # the sequence samples its next token from the chunk's last row
     keep: list[int] = field(init=False)    # positions whose hidden states are kept
 
@@ -48,6 +50,7 @@ class Fork:
 class ScheduledBatch:
     decode: list[Sequence] = field(default_factory=list)       # one new token each; all sample
     decode_lens: list[int] = field(default_factory=list)       # their contexts, the new token included
+    decode_slots: list[int] = field(default_factory=list)      # where each new token's K/V go
     prefill: list[Chunk] = field(default_factory=list)
     forks: list[Fork] = field(default_factory=list)
     # (table row, tree node): the row's first node.depth entries are the tree's slots on the path
@@ -112,7 +115,7 @@ class Scheduler:
             batch.fills.append((seq.row, seq.node))
         for sib in siblings:
             sib.row = self.free_rows.pop()
-            sib.slots, sib.node = list(seq.slots), seq.node
+            sib.own, sib.node = [], seq.node
             sib.num_computed = sib.num_tree = seq.num_computed
             sib.admitted, sib.num_cached_prompt_tokens = True, sib.num_prompt_tokens
             self.cache.lock(sib.node)
@@ -129,17 +132,12 @@ class Scheduler:
         n, t = seq.num_computed, seq.num_tree
         if t == n:
             return False
-        existed, node = self.cache.insert(seq.token_ids[t:n], seq.slots[t:n], seq.node)
-        if existed:     # the tree's slots from t on: those of the nodes between seq.node and node
-            self.allocator.free(seq.slots[t:t + existed])
-            below, x = [], node
-            while x is not seq.node:
-                below.append(x.slots)
-                x = x.parent
-            seq.slots = seq.slots[:t] + [s for part in reversed(below) for s in part]
+        existed, node = self.cache.insert(seq.token_ids[t:n], seq.own, seq.node)
+        if existed:
+            self.allocator.free(seq.own[:existed])
         self.cache.lock(node)
         self.cache.unlock(seq.node)
-        seq.node, seq.num_tree = node, n
+        seq.node, seq.num_tree, seq.own = node, n, []
         return existed > 0
 
     def has_work(self) -> bool:
@@ -163,9 +161,10 @@ class Scheduler:
         for seq in decoding:
             if not room and (seq.status is not Status.RUNNING or not self._reserve(1, seq, scheduled)):
                 continue   # seq was preempted (for an earlier one, or for itself)
-            seq.slots.append(take())
+            seq.own.append(slot := take())
             seq.num_computed += 1
             batch.decode.append(seq)
+            batch.decode_slots.append(slot)
             scheduled.add(seq.seq_id)
         batch.decode_lens = [s.num_computed for s in batch.decode]
         budget -= len(batch.decode)
@@ -206,12 +205,12 @@ class Scheduler:
         """Match the longest cached prefix and lock it. At least the last token is always computed,
         since its logits are needed to sample the next token."""
         if self.enable_prefix_caching:
-            slots, node = self.cache.match_prefix(seq.token_ids[:seq.cache_limit])
+            node = self.cache.match_prefix(seq.token_ids[:seq.cache_limit])
         else:
-            slots, node = [], self.cache.root
+            node = self.cache.root
         self.cache.lock(node)
-        seq.node, seq.slots = node, list(slots)
-        seq.num_computed = seq.num_tree = len(slots)
+        seq.node, seq.own = node, []
+        seq.num_computed = seq.num_tree = node.depth
         seq.row = self.free_rows.pop()
 
     def _schedule_prefill(self, seq: Sequence, budget: int, batch: ScheduledBatch, scheduled: set[int],
@@ -224,7 +223,8 @@ class Scheduler:
             end = start + self.allocator.num_free
             if end <= start:
                 return 0
-        seq.slots += self.allocator.alloc(end - start)
+        slots = self.allocator.alloc(end - start)
+        seq.own += slots
         seq.num_computed = end
         if (
             self.enable_prefix_caching
@@ -233,16 +233,16 @@ class Scheduler:
         ):
             # Publish the chunk now: sequences admitted later in this same step reuse it, since every
             # layer stores all new K/V before any attention reads them.
-            _, node = self.cache.insert(seq.token_ids[start:end], seq.slots[start:end], seq.node)
+            _, node = self.cache.insert(seq.token_ids[start:end], slots, seq.node)
             self.cache.lock(node)
             self.cache.unlock(seq.node)
-            seq.node, seq.num_tree = node, end
+            seq.node, seq.num_tree, seq.own = node, end, []
         n = end - start
         if seq.num_preemptions:
             self.stats.recomputed_tokens += n
         else:
             self.stats.computed_prompt_tokens += n
-        batch.prefill.append(Chunk(seq, start, end))
+        batch.prefill.append(Chunk(seq, start, end, slots))
         scheduled.add(seq.seq_id)
         return n
 
@@ -285,10 +285,10 @@ class Scheduler:
         """Hand the sequence's K/V to the cache (or free it) and drop its lock."""
         if keep_tokens and self.enable_prefix_caching:
             self.publish(seq)                          # afterwards no slot of seq is private
-        self.allocator.free(seq.slots[seq.num_tree:])
+        self.allocator.free(seq.own)
         self.cache.unlock(seq.node)
         self.free_rows.append(seq.row)
-        seq.node, seq.slots, seq.num_computed, seq.num_tree, seq.row = None, [], 0, 0, None
+        seq.node, seq.own, seq.num_computed, seq.num_tree, seq.row = None, [], 0, 0, None
 
     def abort_all(self) -> None:
         """Drop every sequence and the whole cache (after an interrupted step the cache may list
@@ -296,7 +296,7 @@ class Scheduler:
         for seq in self.running + list(self.waiting):
             if seq.node is not None:
                 self.cache.unlock(seq.node)
-                self.allocator.free(seq.slots[seq.num_tree:])
+                self.allocator.free(seq.own)
             seq.status, seq.in_flight = Status.FINISHED, 0
         self.running.clear()
         self.waiting.clear()

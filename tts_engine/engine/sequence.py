@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tts_engine.engine.cache import Node
+from tts_engine.engine.cache import Node, RadixCache
 from tts_engine.sampling_params import SamplingParams
 
 
@@ -33,9 +33,11 @@ class Sequence:
         self.generates = generates
         self.hidden_positions = sorted(set(hidden_positions)) if hidden_positions else None
         self.hidden_states: dict[int, torch.Tensor] = {}
-        # KV bookkeeping: slots[i] holds the K/V of token i for i < len(slots). The first
-        # num_tree of them belong to the radix tree (locked through `node`); the rest are private.
-        self.slots: list[int] = []
+        # KV bookkeeping: the K/V of the first num_tree tokens are the radix tree's, on the path
+        # to `node` (locked by it; node.depth == num_tree); those of tokens num_tree..num_computed
+        # are the sequence's own, in slots `own`. Nothing here grows with the cached context, so
+        # forking, publishing and finishing cost the new tokens, not the prompt.
+        self.own: list[int] = []
         self.num_computed = 0            # tokens whose K/V are written (or being written this step)
         self.num_tree = 0
         self.node: Node | None = None
@@ -80,6 +82,11 @@ class Sequence:
         generated, or the context is full."""
         n = len(self.token_ids) + ahead
         return n - self.num_prompt_tokens >= self.max_tokens or n >= max_model_len
+
+    @property
+    def slots(self) -> list[int]:
+        """Every computed token's slot, in order (O(context): for checks and audits, not the step)."""
+        return (RadixCache.path_slots(self.node) if self.node is not None else []) + self.own
 
     @property
     def output_token_ids(self) -> list[int]:
