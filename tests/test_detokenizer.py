@@ -191,3 +191,41 @@ def test_every_short_token_run_stops_where_decoding_every_token_stops(kind, monk
             eager = outcomes(OutputProcessor(wrapped, set(), 64, len(vocab)), stops)
         assert lazy == eager, stops
         assert any(r[1] == stops[0] for r in lazy)
+
+
+def test_a_decoder_that_strips_across_tokens_wakes_at_every_token():
+    """Fuse then Strip("\\n") drops a newline that the next token then brings back: "\\n" alone
+    decodes to "", yet its arrival can complete "\\n\\n". Such a decoder is not skipped."""
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, decoders, models
+
+    from tts_engine.engine.detokenizer import decoder_is_safe
+    from tts_engine.engine.output import OutputProcessor
+    from tts_engine.engine.sampler import SampledRow
+    from tts_engine.engine.sequence import Sequence, Status
+    tok = Tokenizer(models.WordLevel({"a": 0, "\n": 1, "x": 2, "<unk>": 3}, unk_token="<unk>"))
+    tok.decoder = decoders.Sequence([decoders.Fuse(), decoders.Strip("\n", 0, 1)])
+    wrapped = SimpleNamespace(backend_tokenizer=tok)
+    assert not decoder_is_safe(wrapped)
+    for kind in ("byte-level", "byte-fallback"):
+        assert decoder_is_safe(SimpleNamespace(backend_tokenizer=_tokenizer(kind)))
+    processor = OutputProcessor(wrapped, set(), 64, 4)
+    seq = Sequence(0, 0, 0, [0], SamplingParams(max_tokens=8, stop=["\n\n"], ignore_eos=True), 0)
+    seq.status = Status.RUNNING
+    for t in (0, 1, 1, 2):
+        seq.in_flight = 1
+        if processor.append_all([seq], [SampledRow(t, 0.0, True, None)])[0]:
+            break
+    assert seq.stop_reason == "\n\n" and seq.num_output_tokens == 4
+
+
+def test_an_invalid_byte_run_keeps_the_next_tokens_space():
+    """A byte-fallback run that turns out invalid makes the stream start again; the token after it
+    keeps its leading space (it is decoded after the token before it)."""
+    tok = _tokenizer("byte-fallback")
+    vocab = tok.get_vocab()
+    from types import SimpleNamespace
+    det = IncrementalDetokenizer(SimpleNamespace(backend_tokenizer=tok), 0)
+    ids = [vocab[t] for t in ("<0xE2>", "<0x80>", "<0x80>", "<0xE2>", "▁a")]
+    assert det.step(ids).endswith(" a")

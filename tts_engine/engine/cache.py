@@ -2,14 +2,14 @@
 
 Each tree node holds a run of tokens and the pool slots holding their K/V. Slots in the tree are
 never written again, so sharing needs no copy-on-write: a sequence that extends a cached prefix
-just lists the prefix's slots followed by its own. Running sequences lock the path to their deepest
-node; eviction frees unlocked leaves, least recently used first. The evictable leaves sit in a
-heap kept up to date as the tree changes, so an eviction costs O(log n) per leaf freed, not a
-walk of the whole tree (a 40k-node tree took 85 ms per walk). Each node can also hold its slots
-on the device (`value`, made by the runner the first time a sequence is admitted on it), so that a
-slot-table row of a cached context is filled on the device, not uploaded (SGLang keeps its node
-values on the device too). engine/cascade.py reads the tree to find the context that decoding
-sequences share.
+holds the prefix's last node and lists only the slots of its own tokens. Running sequences lock
+the path to their deepest node; eviction frees unlocked leaves, least recently used first. The
+evictable leaves sit in a heap kept up to date as the tree changes, so an eviction costs
+O(log n) per leaf freed, not a walk of the whole tree (a 40k-node tree took 85 ms per walk).
+Each node can also hold its slots on the device (`value`, made by the runner the first time a
+sequence is admitted on it), so that a slot-table row of a cached context is filled on the
+device, not uploaded (SGLang keeps its node values on the device too). engine/cascade.py
+reads the tree to find the context that decoding sequences share.
 """
 from __future__ import annotations
 

@@ -47,8 +47,10 @@ def _heap_frozen():
     """While the engine runs, what existed before (the model, the caller's objects) sits outside
     the garbage collector's generations (gc.freeze), so a collection walks only what the steps
     made: full collections that walked everything landed inside steps and cost 1.5-12 ms each at
-    256 sequences (vLLM freezes its start-up heap for the same reason). Left alone when the
-    collector is off or the caller froze objects of its own (unfreeze would release those too)."""
+    256 sequences (vLLM freezes its start-up heap for the same reason). The freeze is the whole
+    process's: garbage that exists when the run starts waits for its end. Left alone when the
+    collector is off or objects are frozen already when the run starts (unfreeze would release
+    those too)."""
     if not gc.isenabled() or gc.get_freeze_count():
         yield
         return
@@ -161,7 +163,10 @@ class Engine:
         self._count(batch)
         for (seq, pos), h in zip(batch.kept, out.kept if out.kept is not None else ()):
             seq.hidden_states[pos] = h
-        finished = [c.seq for c in batch.prefill if not c.seq.generates and c.end == len(c.seq)]
+        # (status: an encode-only sequence preempted and readmitted while its last chunk was in
+        # flight has two such chunks; the first finished it)
+        finished = [c.seq for c in batch.prefill
+                    if not c.seq.generates and c.end == len(c.seq) and c.seq.status is not Status.FINISHED]
         for seq in finished:
             seq.finish_reason = "encoded"
         done, appended = self.output.append_all(batch.sampling, out.rows)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import warnings
 
-from tts_engine.engine.detokenizer import IncrementalDetokenizer, stop_triggers, token_texts
+from tts_engine.engine.detokenizer import IncrementalDetokenizer, decoder_is_safe, stop_triggers, token_texts
 from tts_engine.engine.sampler import SampledRow
 from tts_engine.engine.sequence import Sequence, Status
 
@@ -17,8 +17,10 @@ class OutputProcessor:
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
-        self._texts: dict[bool, list[str]] = {}                      # skip_special_tokens -> token texts
-        self._triggers: dict[tuple[tuple[str, ...], bool], bytes] = {}   # (stops, skip) -> stop_triggers
+        self._texts: dict[bool, list[str]] = {}            # skip_special_tokens -> token texts
+        # (stops' last characters, skip) -> stop_triggers; a study uses a handful of stop sets
+        self._triggers: dict[tuple[frozenset[str], bool], bytes] = {}
+        self._skippable = decoder_is_safe(tokenizer)
 
     def append_all(self, seqs: list[Sequence], rows: list[SampledRow]) -> tuple[list[Sequence], int]:
         """Add each sampled token to its sequence; return the sequences it finished and how many
@@ -58,12 +60,14 @@ class OutputProcessor:
         return finished, appended
 
     def _detokenizer(self, seq: Sequence) -> IncrementalDetokenizer:
-        p = seq.params
-        key = (tuple(p.stop), p.skip_special_tokens)
+        p, skip = seq.params, seq.params.skip_special_tokens
+        key = (frozenset(s[-1] for s in p.stop), skip)
         if key not in self._triggers:
-            if p.skip_special_tokens not in self._texts:
-                self._texts[p.skip_special_tokens] = token_texts(self.tokenizer, p.skip_special_tokens)
-            self._triggers[key] = stop_triggers(self._texts[p.skip_special_tokens], p.stop, self.vocab_size)
+            if len(self._triggers) >= 64:       # (bounded: many distinct stop sets evict the oldest)
+                del self._triggers[next(iter(self._triggers))]
+            if skip not in self._texts:
+                self._texts[skip] = token_texts(self.tokenizer, skip) if self._skippable else []
+            self._triggers[key] = stop_triggers(self._texts[skip], p.stop, self.vocab_size)
         seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.num_prompt_tokens, p.skip_special_tokens,
                                                  self._triggers[key])
         return seq.detokenizer

@@ -122,7 +122,7 @@ class ModelRunner:
                 ints["sample_rows"].append(len(positions) - 1)
         levels, starts = self.cascade_levels(batch.decode)
         ints["decode_starts"] = starts
-        ints["decode_lens"] = lens = [s.num_computed - st for s, st in zip(batch.decode, starts)]
+        ints["decode_lens"] = lens = [n - st for n, st in zip(batch.decode_lens, starts)]
         shapes = []
         for k, groups in enumerate(levels):
             width = max(len(g.rows) for g in groups)

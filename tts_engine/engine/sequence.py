@@ -86,7 +86,8 @@ class Sequence:
     @property
     def slots(self) -> list[int]:
         """Every computed token's slot, in order (O(context): for checks and audits, not the step)."""
-        return (RadixCache.path_slots(self.node) if self.node is not None else []) + self.own
+        node, own = self.node, self.own        # (read once: another thread may release the sequence)
+        return (RadixCache.path_slots(node) if node is not None else []) + own
 
     @property
     def output_token_ids(self) -> list[int]:
