@@ -170,6 +170,12 @@ def test_step_by_step_scoring_computes_only_the_new_steps(family):
     for k, scores in enumerate(walked, start=1):
         assert max(abs(a - b) for a, b in zip(scores, at_once[:k])) < 1e-5
     length = prm.family.encode(question, steps)[1][-1] + 1          # tokens up to the last tag
+    # each round wrote only its new step onto the last (Family.extend, where the family can):
+    # the same tokens, tags and digests as writing the whole trajectory
+    from tts_engine.prm import _digests
+    w = prm._write(question, steps)
+    whole = prm.family.encode(question, steps)
+    assert (w.ids, w.positions, w.digests) == (*whole, _digests(*whole)[0])
     st = prm.stats()
     assert st["computed_prompt_tokens"] <= 1.2 * length, (st, length)
 

@@ -19,13 +19,19 @@ Incremental: the engine's radix tree keeps the tokens of scored trajectories, an
 each tag's score keyed by a digest of the tokens up to it, so a trajectory that extends a scored
 one computes only its new tokens and sends only its new tags through the head. Tokens after the
 last tag that needs a score are never computed (causal attention: they cannot change it).
+The PRM also keeps how it wrote each trajectory it scored (`_Written`: token ids, tag positions,
+digests, the hash state at the last tag), so a trajectory that is a scored one plus new steps, as
+every round of a step search sends, is written and hashed from its new steps only, where the
+family writes each step apart (skywork; qwen2.5-math-prm, whose <extra_0> tags split the
+tokenizer's work): `Family.extend`. The other two tokenize the whole text at once, where a step's
+tokens may depend on the text around it, and are written whole.
 """
 from __future__ import annotations
 
 import hashlib
 from array import array
 from collections import OrderedDict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -54,6 +60,13 @@ class Family:
     def encode(self, question: str, steps: list[str]) -> tuple[list[int], list[int]]:
         """Token ids, and the position whose head output scores each step."""
         raise NotImplementedError
+
+    def extend(self, ids: list[int], positions: list[int],
+               new_steps: list[str]) -> tuple[list[int], list[int]] | None:
+        """encode(question, steps + new_steps), given (ids, positions) = encode(question, steps), in
+        work that grows with the new steps only; None where the family cannot (it tokenizes the
+        whole text at once)."""
+        return None
 
     def probability(self, out: torch.Tensor) -> torch.Tensor:
         """Head outputs at the score positions -> scores in [0, 1]."""
@@ -119,9 +132,11 @@ class Skywork(Family):
         self.newline = self._token("\n")
 
     def encode(self, question, steps):
-        ids = self.tok.encode((self.tok.bos_token or "") + question + "\n")
-        positions = []
-        for step in steps:
+        return self.extend(self.tok.encode((self.tok.bos_token or "") + question + "\n"), [], steps)
+
+    def extend(self, ids, positions, new_steps):
+        ids, positions = list(ids), list(positions)
+        for step in new_steps:
             ids += self.tok.encode(step.replace("\n", " ")) + [self.newline]
             positions.append(len(ids) - 1)
         return ids, positions
@@ -140,12 +155,27 @@ class QwenMathPRM(Family):
         if self.tag is None or tok.chat_template is None:
             raise ValueError("qwen2.5-math-prm needs a chat template and the <extra_0> token in the "
                              "tokenizer")
+        # what the template writes after the assistant turn's text (its end-of-turn)
+        text = self._text("question", ["step"])
+        self.closing = text[text.rindex("<extra_0>") + len("<extra_0>"):]
 
-    def encode(self, question, steps):
+    def _text(self, question, steps):
         chat = [{"role": "system", "content": QWEN_MATH_SYSTEM}, {"role": "user", "content": question},
                 {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"}]
-        ids = self.tok.encode(self.tok.apply_chat_template(chat, tokenize=False))
+        return self.tok.apply_chat_template(chat, tokenize=False)
+
+    def encode(self, question, steps):
+        ids = self.tok.encode(self._text(question, steps))
         return ids, self._tags(ids, self.tag, steps, "<extra_0>")
+
+    def extend(self, ids, positions, new_steps):
+        # <extra_0> is an added token: the tokenizer splits the text at each one before anything
+        # else, so the text after the last scored tag is tokenized the same on its own
+        start = positions[-1] + 1
+        tail = self.tok.encode("<extra_0>".join(new_steps) + "<extra_0>" + self.closing,
+                               add_special_tokens=False)
+        return ids[:start] + tail, positions + [start + p for p in self._tags(tail, self.tag, new_steps,
+                                                                               "<extra_0>")]
 
     def probability(self, out):
         return torch.softmax(out, -1)[:, 1]
@@ -195,6 +225,8 @@ class PRM:
         self.family = FAMILIES[kind](self.engine.tokenizer)
         self._scores: OrderedDict[bytes, float] = OrderedDict()   # digest of the tokens up to a tag -> score
         self._score_cache_size = score_cache_size
+        # (question, steps as given) -> how it was written, for trajectories that extend it
+        self._written: OrderedDict[tuple[str, tuple[str, ...]], _Written] = OrderedDict()
         self._head_flops = 0
 
     def score(self, questions: str | list[str], trajectories: list[list[str]], return_work: bool = False):
@@ -208,13 +240,13 @@ class PRM:
         if not isinstance(questions, list) or len(questions) != len(trajectories):
             raise ValueError(f"questions must be a string or a list with one per trajectory "
                              f"({len(trajectories)}), got {type(questions).__name__}")
-        encoded = [self._encode(q, t) for q, t in zip(questions, trajectories)]
-        # each tag's digest; the requests score the tags not seen before (one request per
-        # trajectory, cut after its last new tag; a tag shared by trajectories is scored once)
+        written = [self._write(q, t) for q, t in zip(questions, trajectories)]
+        # the requests score the tags not seen before (one request per trajectory, cut after its
+        # last new tag; a tag shared by trajectories is scored once)
         pending: dict[bytes, tuple[int, int]] = {}      # digest -> (request index, position)
         requests, keys, request_of = [], [], []
-        for ids, positions in encoded:
-            digests = _digests(ids, positions)
+        for w in written:
+            ids, positions, digests = w.ids, w.positions, w.digests
             keys.append(digests)
             new = [(p, d) for p, d in zip(positions, digests) if d not in self._scores and d not in pending]
             request_of.append((len(requests), len(new)) if new else None)
@@ -254,26 +286,52 @@ class PRM:
             works.append(work)
         return out, works
 
-    def _encode(self, question, steps) -> tuple[list[int], list[int]]:
+    def _write(self, question, steps) -> _Written:
+        """The trajectory's tokens, tag positions and digests: from the longest scored trajectory
+        it extends (its new steps written and hashed alone) where the family allows, else whole."""
         if not isinstance(question, str):
             raise ValueError(f"a question must be a string, got {type(question).__name__}")
-        check_unicode("question", question)
         if not steps:
             raise ValueError("a trajectory has no steps (an empty list)")
         if any(not isinstance(s, str) for s in steps):
             bad = next(s for s in steps if not isinstance(s, str))
             raise ValueError(f"steps must be strings, got {type(bad).__name__}")
-        stripped = [s.strip() for s in steps]
-        if any(not s for s in stripped):
-            raise ValueError(f"step {stripped.index('') + 1} of a trajectory is empty")
-        for s in stripped:
-            check_unicode("step", s)
-        ids, positions = self.family.encode(question, stripped)
+        key = (question, tuple(steps))
+        if key in self._written:
+            self._written.move_to_end(key)
+            return self._written[key]
+        base, k = None, len(steps) - 1      # (a search round adds one step: found at once)
+        while k > 0 and (base := self._written.get((question, key[1][:k]))) is None:
+            k -= 1
+        if base is None:
+            check_unicode("question", question)
+        new = self._checked(steps[k:], k)
+        extended = self.family.extend(base.ids, base.positions, new) if base is not None else None
+        if extended is None:
+            ids, positions = self.family.encode(question, self._checked(steps[:k], 0) + new)
+            digests, hasher = _digests(ids, positions)
+        else:
+            ids, positions = extended
+            more, hasher = _digests(ids, positions[len(base.positions):], base.hasher, base.positions[-1] + 1)
+            digests = base.digests + more
         if positions[-1] >= self.engine.max_model_len:
             raise ValueError(f"a trajectory needs {positions[-1] + 1} tokens up to its last step tag but "
                              f"the PRM's context is {self.engine.max_model_len} (the question alone has "
                              f"{len(self.engine.tokenizer.encode(question))} tokens)")
-        return ids, positions
+        w = self._written[key] = _Written(ids, positions, digests, hasher)
+        if len(self._written) > WRITTEN_KEPT:
+            self._written.popitem(last=False)
+        return w
+
+    @staticmethod
+    def _checked(steps: list[str], first: int) -> list[str]:
+        """Steps stripped and checked; first: the index of steps[0] in its trajectory."""
+        stripped = [s.strip() for s in steps]
+        if any(not s for s in stripped):
+            raise ValueError(f"step {first + stripped.index('') + 1} of a trajectory is empty")
+        for s in stripped:
+            check_unicode("step", s)
+        return stripped
 
     def _remember(self, digest: bytes, score: float) -> None:
         self._scores[digest] = score
@@ -293,6 +351,7 @@ class PRM:
         that each one's FLOPs are its own)."""
         self.engine.reset_prefix_cache()
         self._scores.clear()
+        self._written.clear()
         return True
 
     def reset_stats(self) -> None:
@@ -301,13 +360,25 @@ class PRM:
 
 
 _ENCODE = SamplingParams(max_tokens=1)
+WRITTEN_KEPT = 1 << 14       # trajectories whose writing is kept (least recently used forgotten first)
 
 
-def _digests(ids: list[int], positions: list[int]) -> list[bytes]:
-    """A digest of ids[:p + 1] for each p, computed in one pass."""
-    h, out, done = hashlib.blake2b(digest_size=16), [], 0
+@dataclass
+class _Written:
+    """A trajectory as the PRM wrote it: its tokens, its step tags' positions, the digest of the
+    tokens up to each tag, and the hash state after the last tag (to go on from)."""
+    ids: list[int]
+    positions: list[int]
+    digests: list[bytes]
+    hasher: "hashlib.blake2b"
+
+
+def _digests(ids: list[int], positions: list[int], hasher=None, done: int = 0):
+    """A digest of ids[:p + 1] for each p, in one pass; hasher: the state after ids[:done] (a
+    fresh one for done = 0). Returns the digests and the state after the last p."""
+    h, out = (hasher.copy() if hasher is not None else hashlib.blake2b(digest_size=16)), []
     for p in positions:
         h.update(array("q", ids[done:p + 1]).tobytes())
         done = p + 1
         out.append(h.copy().digest())
-    return out
+    return out, h
