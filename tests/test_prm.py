@@ -167,8 +167,13 @@ def test_step_by_step_scoring_computes_only_the_new_steps(family):
     at_once = fresh.score(question, [steps])[0]
     prm = PRM(str(folder), dtype="float32", device="cpu", kv_cache_tokens=8192)
     walked = [prm.score(question, [steps[:k]])[0] for k in range(1, 11)]
-    for k, scores in enumerate(walked, start=1):
+    # (a score cache of 2 tags: the earlier tags' scores come with the trajectory it extends)
+    forgetful = PRM(str(folder), dtype="float32", device="cpu", kv_cache_tokens=8192, score_cache_size=2)
+    walked_forgetting = [forgetful.score(question, [steps[:k]])[0] for k in range(1, 11)]
+    for k, (scores, again) in enumerate(zip(walked, walked_forgetting), start=1):
+        assert len(scores) == len(again) == k
         assert max(abs(a - b) for a, b in zip(scores, at_once[:k])) < 1e-5
+        assert max(abs(a - b) for a, b in zip(again, at_once[:k])) < 1e-5
     length = prm.family.encode(question, steps)[1][-1] + 1          # tokens up to the last tag
     # each round wrote only its new step onto the last (Family.extend, where the family can):
     # the same tokens, tags and digests as writing the whole trajectory

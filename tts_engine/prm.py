@@ -244,10 +244,11 @@ class PRM:
         # the requests score the tags not seen before (one request per trajectory, cut after its
         # last new tag; a tag shared by trajectories is scored once)
         pending: dict[bytes, tuple[int, int]] = {}      # digest -> (request index, position)
-        requests, keys, request_of = [], [], []
-        for w in written:
-            ids, positions, digests = w.ids, w.positions, w.digests
-            keys.append(digests)
+        requests, request_of = [], []
+        # the leading tags whose scores a trajectory has from the one it extends are not looked at
+        known = [w.scores if w.scores is not None else w.prior for w in written]
+        for w, have in zip(written, known):
+            ids, positions, digests = w.ids, w.positions[len(have):], w.digests[len(have):]
             new = [(p, d) for p, d in zip(positions, digests) if d not in self._scores and d not in pending]
             request_of.append((len(requests), len(new)) if new else None)
             if new:
@@ -268,10 +269,14 @@ class PRM:
             self._head_flops += head_flops(self.engine.model_config, self.family.head, len(pending),
                                            len(columns) if columns is not None else None)
             new_scores = dict(zip(pending, scores))
-        out = [[new_scores[d] if d in new_scores else self._scores[d] for d in digests] for digests in keys]
-        for digests, scores in zip(keys, out):     # remember (least recently used forgotten first)
-            for d, score in zip(digests, scores):
+        out = []
+        for w, have in zip(written, known):
+            rest = w.digests[len(have):]
+            scores = [new_scores[d] if d in new_scores else self._scores[d] for d in rest]
+            for d, score in zip(rest, scores):     # remember (least recently used forgotten first)
                 self._remember(d, score)
+            w.scores = have + scores
+            out.append(list(w.scores))
         if not return_work:
             return out
         works = []
@@ -307,10 +312,12 @@ class PRM:
             check_unicode("question", question)
         new = self._checked(steps[k:], k)
         extended = self.family.extend(base.ids, base.positions, new) if base is not None else None
+        prior = []          # the scores of the leading tags, where they are base's own tags
         if extended is None:
             ids, positions = self.family.encode(question, self._checked(steps[:k], 0) + new)
             digests, hasher = _digests(ids, positions)
         else:
+            prior = base.scores or []
             ids, positions = extended
             more, hasher = _digests(ids, positions[len(base.positions):], base.hasher, base.positions[-1] + 1)
             digests = base.digests + more
@@ -318,7 +325,7 @@ class PRM:
             raise ValueError(f"a trajectory needs {positions[-1] + 1} tokens up to its last step tag but "
                              f"the PRM's context is {self.engine.max_model_len} (the question alone has "
                              f"{len(self.engine.tokenizer.encode(question))} tokens)")
-        w = self._written[key] = _Written(ids, positions, digests, hasher)
+        w = self._written[key] = _Written(ids, positions, digests, hasher, prior)
         if len(self._written) > WRITTEN_KEPT:
             self._written.popitem(last=False)
         return w
@@ -366,11 +373,15 @@ WRITTEN_KEPT = 1 << 14       # trajectories whose writing is kept (least recentl
 @dataclass
 class _Written:
     """A trajectory as the PRM wrote it: its tokens, its step tags' positions, the digest of the
-    tokens up to each tag, and the hash state after the last tag (to go on from)."""
+    tokens up to each tag, and the hash state after the last tag (to go on from); the scores of its
+    leading tags known when it was written (those of the trajectory it extends), and all its
+    scores once scored."""
     ids: list[int]
     positions: list[int]
     digests: list[bytes]
     hasher: "hashlib.blake2b"
+    prior: list[float]
+    scores: list[float] | None = None
 
 
 def _digests(ids: list[int], positions: list[int], hasher=None, done: int = 0):
