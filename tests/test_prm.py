@@ -255,3 +255,24 @@ def test_policy_and_prm_in_one_process(tiny_llama, tmp_path):
     steps = [[o.text.strip() or "empty"] for o in out[0].outputs]
     scores = prm.score("Step 1:", steps)
     assert [len(s) for s in scores] == [1, 1, 1] and prm.stats()["computed_prompt_tokens"] > 0
+
+
+def test_ids_are_checked_when_the_tokenizer_outgrows_the_model(tmp_path):
+    """The PRM's ids skip the engine's check one by one only when every id its tokenizer can write
+    fits the model's vocabulary; a model smaller than its tokenizer gets each id checked."""
+    import torch
+
+    from tts_engine.random_model import QWEN2_5_1_5B, save_random_model
+    tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=8)
+    fits, small = tmp_path / "fits", tmp_path / "small"
+    save_random_model(str(fits), dict(QWEN2_5_1_5B, vocab_size=258, **tiny), dtype=torch.float32,
+                      value_head=True)
+    save_random_model(str(small), dict(QWEN2_5_1_5B, vocab_size=200, **tiny), dtype=torch.float32,
+                      value_head=True)      # (the byte-level tokenizer still has 258 ids)
+    ok = PRM(str(fits), device="cpu", dtype="float32", kv_cache_tokens=4096)
+    assert ok._ids_fit and len(ok.score("ÿ question", [["ÿ step"]])[0]) == 1
+    prm = PRM(str(small), device="cpu", dtype="float32", kv_cache_tokens=4096)
+    assert not prm._ids_fit
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        prm.score("ÿ question", [["ÿ step"]])

@@ -227,6 +227,7 @@ class PRM:
         self._score_cache_size = score_cache_size
         # (question, steps as given) -> how it was written, for trajectories that extend it
         self._written: OrderedDict[tuple[str, tuple[str, ...]], _Written] = OrderedDict()
+        self._ids_fit = self.engine.tokenizer_fits      # (the families write ids with the tokenizer only)
         self._head_flops = 0
 
     def score(self, questions: str | list[str], trajectories: list[list[str]], return_work: bool = False):
@@ -256,7 +257,8 @@ class PRM:
                     pending[d] = (len(requests), p)
                 last = new[-1][0]
                 requests.append(self.engine.make_request(ids[:last + 1], _ENCODE, generates=False,
-                                                         hidden_positions=[p for p, _ in new]))
+                                                         hidden_positions=[p for p, _ in new],
+                                                         ids_from_tokenizer=self._ids_fit))
         for r in requests:
             self.engine.add(r)
         self.engine.run()

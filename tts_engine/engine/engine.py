@@ -84,9 +84,17 @@ class Engine:
         return self.model.head_name == "lm_head"
 
     def make_request(self, prompt_token_ids: list[int], params: SamplingParams, prompt: str | None = None,
-                     hidden_positions: list[int] | None = None, generates: bool = True) -> Request:
+                     hidden_positions: list[int] | None = None, generates: bool = True,
+                     ids_from_tokenizer: bool = False) -> Request:
         """A checked request (requests.RequestMaker); `add` queues it."""
-        return self.requests(prompt_token_ids, params, prompt, hidden_positions, generates)
+        return self.requests(prompt_token_ids, params, prompt, hidden_positions, generates,
+                             ids_from_tokenizer)
+
+    @property
+    def tokenizer_fits(self) -> bool:
+        """Every id the tokenizer writes is inside the model's vocabulary (then ids it wrote need
+        no check one by one)."""
+        return len(self.tokenizer) <= self.model_config.vocab_size
 
     def add(self, request: Request) -> None:
         self.scheduler.add(request.seqs)
