@@ -167,9 +167,13 @@ def test_step_by_step_scoring_computes_only_the_new_steps(family):
     at_once = fresh.score(question, [steps])[0]
     prm = PRM(str(folder), dtype="float32", device="cpu", kv_cache_tokens=8192)
     walked = [prm.score(question, [steps[:k]])[0] for k in range(1, 11)]
-    # (a score cache of 2 tags: the earlier tags' scores come with the trajectory it extends)
+    # (a score cache of 2 tags: the earlier tags' scores come with the trajectory it extends; and
+    # only the newest written trajectory kept)
     forgetful = PRM(str(folder), dtype="float32", device="cpu", kv_cache_tokens=8192, score_cache_size=2)
-    walked_forgetting = [forgetful.score(question, [steps[:k]])[0] for k in range(1, 11)]
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("tts_engine.prm.WRITTEN_TOKENS", 1)
+        walked_forgetting = [forgetful.score(question, [steps[:k]])[0] for k in range(1, 11)]
+        assert len(forgetful._written) == 1
     for k, (scores, again) in enumerate(zip(walked, walked_forgetting), start=1):
         assert len(scores) == len(again) == k
         assert max(abs(a - b) for a, b in zip(scores, at_once[:k])) < 1e-5

@@ -227,6 +227,7 @@ class PRM:
         self._score_cache_size = score_cache_size
         # (question, steps as given) -> how it was written, for trajectories that extend it
         self._written: OrderedDict[tuple[str, tuple[str, ...]], _Written] = OrderedDict()
+        self._written_tokens = 0
         self._ids_fit = self.engine.tokenizer_fits      # (the families write ids with the tokenizer only)
         self._head_flops = 0
 
@@ -328,8 +329,9 @@ class PRM:
                              f"the PRM's context is {self.engine.max_model_len} (the question alone has "
                              f"{len(self.engine.tokenizer.encode(question))} tokens)")
         w = self._written[key] = _Written(ids, positions, digests, hasher, prior)
-        if len(self._written) > WRITTEN_KEPT:
-            self._written.popitem(last=False)
+        self._written_tokens += len(ids)
+        while self._written_tokens > WRITTEN_TOKENS and len(self._written) > 1:
+            self._written_tokens -= len(self._written.popitem(last=False)[1].ids)
         return w
 
     @staticmethod
@@ -361,6 +363,7 @@ class PRM:
         self.engine.reset_prefix_cache()
         self._scores.clear()
         self._written.clear()
+        self._written_tokens = 0
         return True
 
     def reset_stats(self) -> None:
@@ -369,7 +372,9 @@ class PRM:
 
 
 _ENCODE = SamplingParams(max_tokens=1)
-WRITTEN_KEPT = 1 << 14       # trajectories whose writing is kept (least recently used forgotten first)
+# Token ids of the trajectories whose writing is kept (least recently used forgotten first): a
+# round of 256 trajectories of 8k tokens, at about 36 bytes a token in Python lists (~75 MB).
+WRITTEN_TOKENS = 1 << 21
 
 
 @dataclass
