@@ -5,9 +5,9 @@ time is the host's: encoding the question and steps, hashing each step tag, maki
 the engine's requests, admitting them on the cached prefix, and reading the scores.
 
 Per round, by phase:
-  encode    the family's writing of question + steps as token ids and tag positions (whole, or
-            a scored trajectory extended by its new steps)
-  digests   the hash of the tokens up to each tag (which tags were scored before)
+  write     writing question + steps as token ids, tag positions and tag digests (whole, or a
+            written trajectory extended by its new steps): PRM._write
+  digests   of which: the hash of the tokens up to each tag (which tags were scored before)
   request   making and checking the engine's requests (Engine.make_request)
   engine    Engine.run (admission on the cached prefix, prefill of the new tokens, kept states)
   total     PRM.score, end to end
@@ -30,7 +30,7 @@ import torch
 from tts_engine import PRM
 from tts_engine.random_model import QWEN2_5_1_5B, save_random_model
 
-PHASES = ("encode", "digests", "request", "engine", "total")
+PHASES = ("write", "digests", "request", "engine", "total")
 
 
 def prm_folder(folder: str) -> str:
@@ -64,9 +64,7 @@ def run(trajectories: int, depths: list[int], step_chars: int, seed: int = 0) ->
         engine.runner.model.forward = lambda ids, pos, meta: torch.zeros(ids.shape[0], 16)
         import tts_engine.prm as prm_module
         book: dict = defaultdict(float)
-        prm.family.encode = timed(book, "encode", prm.family.encode)
-        if hasattr(prm.family, "extend"):     # (older code wrote every trajectory whole)
-            prm.family.extend = timed(book, "encode", prm.family.extend)
+        prm._write = timed(book, "write", prm._write)
         real_digests = prm_module._digests
         prm_module._digests = timed(book, "digests", real_digests)
         engine.make_request = timed(book, "request", engine.make_request)

@@ -173,7 +173,7 @@ def test_step_by_step_scoring_computes_only_the_new_steps(family):
     with pytest.MonkeyPatch.context() as m:
         m.setattr("tts_engine.prm.WRITTEN_TOKENS", 1)
         walked_forgetting = [forgetful.score(question, [steps[:k]])[0] for k in range(1, 11)]
-        assert len(forgetful._written) == 1
+        assert len(forgetful._written) == int(forgetful.family.extendable)   # (the others keep none)
     for k, (scores, again) in enumerate(zip(walked, walked_forgetting), start=1):
         assert len(scores) == len(again) == k
         assert max(abs(a - b) for a, b in zip(scores, at_once[:k])) < 1e-5
@@ -280,3 +280,34 @@ def test_ids_are_checked_when_the_tokenizer_outgrows_the_model(tmp_path):
     assert not prm._ids_fit
     with pytest.raises(ValueError, match="outside the vocabulary"):
         prm.score("ÿ question", [["ÿ step"]])
+
+
+def test_a_small_score_cache_with_several_trajectories_a_call(tmp_path):
+    """Remembering one trajectory's new scores may forget a tag a later trajectory of the same
+    call reads: every score is read before any is remembered."""
+    folder, _ = make_family("skywork", tmp_path / "m")
+    prm = PRM(str(folder), device="cpu", dtype="float32", kv_cache_tokens=4096, score_cache_size=2)
+    fresh = PRM(str(folder), device="cpu", dtype="float32", kv_cache_tokens=4096)
+    question = "Which step?"
+    prm.score(question, [["a step", "b step"]])
+    got = prm.score(question, [["c step"], ["a step"]])
+    want = fresh.score(question, [["c step"], ["a step"]])
+    assert [s for t in got for s in t] == pytest.approx([s for t in want for s in t], abs=1e-5)
+
+
+def test_which_families_write_a_step_alone_and_the_largest_id_decides_the_check(family):
+    """skywork writes each step apart; qwen2.5-math-prm's text after a tag, checked on probe
+    steps at load; the others write the whole text. The id check is skipped only when the
+    largest id the tokenizer has fits the model (ids may have gaps)."""
+    kind, folder, _ = family
+    prm = PRM(str(folder), dtype="float32", device="cpu", kv_cache_tokens=8192)
+    assert prm.family.extendable == (kind in ("skywork", "qwen2.5-math-prm"))
+    engine, vocab = prm.engine, prm.engine.model_config.vocab_size
+    real = engine.tokenizer.get_vocab
+    try:
+        engine.tokenizer.get_vocab = lambda: {"a": 0, "b": vocab - 1}
+        assert engine.tokenizer_fits()
+        engine.tokenizer.get_vocab = lambda: {"a": 0, "b": vocab}      # two entries, one id too big
+        assert not engine.tokenizer_fits()
+    finally:
+        engine.tokenizer.get_vocab = real

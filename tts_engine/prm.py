@@ -19,12 +19,13 @@ Incremental: the engine's radix tree keeps the tokens of scored trajectories, an
 each tag's score keyed by a digest of the tokens up to it, so a trajectory that extends a scored
 one computes only its new tokens and sends only its new tags through the head. Tokens after the
 last tag that needs a score are never computed (causal attention: they cannot change it).
-The PRM also keeps how it wrote each trajectory it scored (`_Written`: token ids, tag positions,
-digests, the hash state at the last tag), so a trajectory that is a scored one plus new steps, as
-every round of a step search sends, is written and hashed from its new steps only, where the
-family writes each step apart (skywork; qwen2.5-math-prm, whose <extra_0> tags split the
-tokenizer's work): `Family.extend`. The other two tokenize the whole text at once, where a step's
-tokens may depend on the text around it, and are written whole.
+Where the family allows (`Family.extendable`: skywork encodes each step apart; qwen2.5-math-prm's
+text after an <extra_0> tag tokenizes the same alone, checked on probe steps at load), the PRM
+also keeps how it wrote each trajectory (`_Written`: token ids, tag positions, digests, the hash
+state at the last tag, and its scores once scored, kept apart from `score_cache_size`), so a
+trajectory that is a written one plus new steps, as every round of a step search sends, is
+written and hashed from its new steps only (`Family.extend`). The other two tokenize the whole
+text at once, where a step's tokens may depend on the text around it, and are written whole.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ class Family:
     name: str
     head: str = "lm_head"
     columns: list[int] | None = None       # LM-head columns read (None: the whole head's output)
+    extendable = False                     # `extend` works (else every trajectory is written whole)
 
     def __init__(self, tok: Tokenizer):
         self.tok = tok
@@ -63,10 +65,10 @@ class Family:
 
     def extend(self, ids: list[int], positions: list[int],
                new_steps: list[str]) -> tuple[list[int], list[int]] | None:
-        """encode(question, steps + new_steps), given (ids, positions) = encode(question, steps), in
-        work that grows with the new steps only; None where the family cannot (it tokenizes the
-        whole text at once)."""
-        return None
+        """encode(question, steps + new_steps) up to its last tag, given (ids, positions) =
+        encode(question, steps), in work that grows with the new steps only (families with
+        `extendable`)."""
+        raise NotImplementedError
 
     def probability(self, out: torch.Tensor) -> torch.Tensor:
         """Head outputs at the score positions -> scores in [0, 1]."""
@@ -126,6 +128,7 @@ class RLHFlow(Family):
 class Skywork(Family):
     name = "skywork"
     head = "v_head"
+    extendable = True       # each step is encoded on its own
 
     def __init__(self, tok: Tokenizer):
         super().__init__(tok)
@@ -155,9 +158,20 @@ class QwenMathPRM(Family):
         if self.tag is None or tok.chat_template is None:
             raise ValueError("qwen2.5-math-prm needs a chat template and the <extra_0> token in the "
                              "tokenizer")
-        # what the template writes after the assistant turn's text (its end-of-turn)
+        # What the template writes after the assistant turn's text (its end-of-turn); and whether
+        # the text after a tag tokenizes the same alone (<extra_0> is an added token, which the
+        # tokenizer splits at before anything else, unless its pre-tokenizer looks across it) and
+        # the template writes the steps as they are: checked once, on probe steps.
         text = self._text("question", ["step"])
-        self.closing = text[text.rindex("<extra_0>") + len("<extra_0>"):]
+        self.closing = text[text.rindex("<extra_0>") + len("<extra_0>"):] if "<extra_0>" in text else ""
+        question, steps = "What is 12 × 3? Then add ½.", ["First, 12 × 3 = 36.", "Then  36 + ½ = 36.5 (中)."]
+        try:
+            whole = self.encode(question, steps)
+            ids, positions = self.extend(*self.encode(question, steps[:1]), steps[1:])
+            end = positions[-1] + 1
+            self.extendable = positions == whole[1] and ids[:end] == whole[0][:end]
+        except ValueError:          # (a template that does not write the steps as they are)
+            self.extendable = False
 
     def _text(self, question, steps):
         chat = [{"role": "system", "content": QWEN_MATH_SYSTEM}, {"role": "user", "content": question},
@@ -228,7 +242,7 @@ class PRM:
         # (question, steps as given) -> how it was written, for trajectories that extend it
         self._written: OrderedDict[tuple[str, tuple[str, ...]], _Written] = OrderedDict()
         self._written_tokens = 0
-        self._ids_fit = self.engine.tokenizer_fits      # (the families write ids with the tokenizer only)
+        self._ids_fit = self.engine.tokenizer_fits()    # (the families write ids with the tokenizer only)
         self._head_flops = 0
 
     def score(self, questions: str | list[str], trajectories: list[list[str]], return_work: bool = False):
@@ -272,10 +286,12 @@ class PRM:
             self._head_flops += head_flops(self.engine.model_config, self.family.head, len(pending),
                                            len(columns) if columns is not None else None)
             new_scores = dict(zip(pending, scores))
+        # every score read before any is remembered: remembering may forget a tag a later
+        # trajectory reads
+        rests = [w.digests[len(have):] for w, have in zip(written, known)]
+        fresh = [[new_scores[d] if d in new_scores else self._scores[d] for d in rest] for rest in rests]
         out = []
-        for w, have in zip(written, known):
-            rest = w.digests[len(have):]
-            scores = [new_scores[d] if d in new_scores else self._scores[d] for d in rest]
+        for w, have, rest, scores in zip(written, known, rests, fresh):
             for d, score in zip(rest, scores):     # remember (least recently used forgotten first)
                 self._remember(d, score)
             w.scores = have + scores
@@ -295,8 +311,9 @@ class PRM:
         return out, works
 
     def _write(self, question, steps) -> _Written:
-        """The trajectory's tokens, tag positions and digests: from the longest scored trajectory
-        it extends (its new steps written and hashed alone) where the family allows, else whole."""
+        """The trajectory's tokens, tag positions and digests: from the longest written trajectory
+        it extends (its new steps written and hashed alone) where the family is `extendable`, else
+        whole (and then not kept)."""
         if not isinstance(question, str):
             raise ValueError(f"a question must be a string, got {type(question).__name__}")
         if not steps:
@@ -304,31 +321,34 @@ class PRM:
         if any(not isinstance(s, str) for s in steps):
             bad = next(s for s in steps if not isinstance(s, str))
             raise ValueError(f"steps must be strings, got {type(bad).__name__}")
+        keep = self.family.extendable
         key = (question, tuple(steps))
         if key in self._written:
             self._written.move_to_end(key)
             return self._written[key]
         base, k = None, len(steps) - 1      # (a search round adds one step: found at once)
-        while k > 0 and (base := self._written.get((question, key[1][:k]))) is None:
+        while keep and k > 0 and (base := self._written.get((question, key[1][:k]))) is None:
             k -= 1
         if base is None:
             check_unicode("question", question)
-        new = self._checked(steps[k:], k)
-        extended = self.family.extend(base.ids, base.positions, new) if base is not None else None
-        prior = []          # the scores of the leading tags, where they are base's own tags
-        if extended is None:
-            ids, positions = self.family.encode(question, self._checked(steps[:k], 0) + new)
+            ids, positions = self.family.encode(question, self._checked(steps, 0))
             digests, hasher = _digests(ids, positions)
+            prior = []
         else:
-            prior = base.scores or []
-            ids, positions = extended
-            more, hasher = _digests(ids, positions[len(base.positions):], base.hasher, base.positions[-1] + 1)
+            self._written.move_to_end((question, key[1][:k]))     # (its children may come next)
+            prior = base.scores or []       # the scores of the leading tags: base's own tags
+            ids, positions = self.family.extend(base.ids, base.positions, self._checked(steps[k:], k))
+            more, hasher = _digests(ids, positions[len(base.positions):], base.hasher,
+                                    base.positions[-1] + 1)
             digests = base.digests + more
         if positions[-1] >= self.engine.max_model_len:
             raise ValueError(f"a trajectory needs {positions[-1] + 1} tokens up to its last step tag but "
                              f"the PRM's context is {self.engine.max_model_len} (the question alone has "
                              f"{len(self.engine.tokenizer.encode(question))} tokens)")
-        w = self._written[key] = _Written(ids, positions, digests, hasher, prior)
+        w = _Written(ids, positions, digests, hasher, prior)
+        if not keep:
+            return w
+        self._written[key] = w
         self._written_tokens += len(ids)
         while self._written_tokens > WRITTEN_TOKENS and len(self._written) > 1:
             self._written_tokens -= len(self._written.popitem(last=False)[1].ids)
@@ -372,9 +392,10 @@ class PRM:
 
 
 _ENCODE = SamplingParams(max_tokens=1)
-# Token ids of the trajectories whose writing is kept (least recently used forgotten first): a
-# round of 256 trajectories of 8k tokens, at about 36 bytes a token in Python lists (~75 MB).
-WRITTEN_TOKENS = 1 << 21
+# Token ids of the trajectories whose writing is kept (least recently used forgotten first; a
+# trajectory used as a base counts as used): two rounds of 256 trajectories of 8k tokens, at 8
+# bytes a token (an extension's list shares its base's int objects), about 32 MB.
+WRITTEN_TOKENS = 1 << 22
 
 
 @dataclass

@@ -90,11 +90,10 @@ class Engine:
         return self.requests(prompt_token_ids, params, prompt, hidden_positions, generates,
                              ids_from_tokenizer)
 
-    @property
     def tokenizer_fits(self) -> bool:
-        """Every id the tokenizer writes is inside the model's vocabulary (then ids it wrote need
-        no check one by one)."""
-        return len(self.tokenizer) <= self.model_config.vocab_size
+        """Every id the tokenizer can write is inside the model's vocabulary (then ids it wrote
+        need no check one by one). The largest id, not the count: vocabularies may have gaps."""
+        return max(self.tokenizer.get_vocab().values(), default=-1) < self.model_config.vocab_size
 
     def add(self, request: Request) -> None:
         self.scheduler.add(request.seqs)
