@@ -64,7 +64,7 @@ class Family:
         raise NotImplementedError
 
     def extend(self, ids: list[int], positions: list[int],
-               new_steps: list[str]) -> tuple[list[int], list[int]] | None:
+               new_steps: list[str]) -> tuple[list[int], list[int]]:
         """encode(question, steps + new_steps) up to its last tag, given (ids, positions) =
         encode(question, steps), in work that grows with the new steps only (families with
         `extendable`)."""
@@ -263,8 +263,9 @@ class PRM:
         requests, request_of = [], []
         # the leading tags whose scores a trajectory has from the one it extends are not looked at
         known = [w.scores if w.scores is not None else w.prior for w in written]
-        for w, have in zip(written, known):
-            ids, positions, digests = w.ids, w.positions[len(have):], w.digests[len(have):]
+        rests = [w.digests[len(have):] for w, have in zip(written, known)]     # the other tags' digests
+        for w, have, digests in zip(written, known, rests):
+            ids, positions = w.ids, w.positions[len(have):]
             new = [(p, d) for p, d in zip(positions, digests) if d not in self._scores and d not in pending]
             request_of.append((len(requests), len(new)) if new else None)
             if new:
@@ -288,7 +289,6 @@ class PRM:
             new_scores = dict(zip(pending, scores))
         # every score read before any is remembered: remembering may forget a tag a later
         # trajectory reads
-        rests = [w.digests[len(have):] for w, have in zip(written, known)]
         fresh = [[new_scores[d] if d in new_scores else self._scores[d] for d in rest] for rest in rests]
         out = []
         for w, have, rest, scores in zip(written, known, rests, fresh):

@@ -68,7 +68,7 @@ class OutputProcessor:
             if skip not in self._texts:
                 self._texts[skip] = token_texts(self.tokenizer, skip) if self._skippable else []
             self._triggers[key] = stop_triggers(self._texts[skip], p.stop, self.vocab_size)
-        seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.num_prompt_tokens, p.skip_special_tokens,
+        seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.num_prompt_tokens, skip,
                                                  self._triggers[key])
         return seq.detokenizer
 

@@ -101,7 +101,7 @@ class Sequence:
     def is_prefilling(self) -> bool:
         """True while prompt work is left: every token but the newest needs K/V first (the newest
         is fed by a decode step), and kept positions are computed in prefill, never left to decode."""
-        n = len(self.token_ids) + self.in_flight      # (self.length, read once per sequence per step)
+        n = self.length
         if self.num_computed < n - 1:
             return True
         last_kept = self.hidden_positions[-1] if self.hidden_positions else -1
