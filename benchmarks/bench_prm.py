@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import save_file
 
 from tts_engine import PRM
-from tts_engine.flops import forward_flops, head_flops
+from tts_engine.flops import decoder_flops
+from tts_engine.models.heads import ValueHead
 from tts_engine.loader import find_checkpoint
 from tts_engine.models.registry import model_config
 from tts_engine.tokenizer import Tokenizer
@@ -107,8 +108,8 @@ def main():
         theirs = time.perf_counter() - t
         full = [family.encode(question, steps) for steps in trajectories]
         unique = q_tokens + sum(p[-1] + 1 - q_tokens for _, p in full)
-        hf_flops = sum(forward_flops(cfg, [(0, family.encode(question, s[:k])[1][-1] + 1)], 0)
-                       + head_flops(cfg, "v_head", k) for s in trajectories for k in range(1, args.steps + 1))
+        hf_flops = sum(decoder_flops(cfg, [(0, family.encode(question, s[:k])[1][-1] + 1)])
+                       + ValueHead.flops(cfg, k) for s in trajectories for k in range(1, args.steps + 1))
     print(f"\n{args.trajectories} trajectories x {args.steps} steps, question ~{q_tokens} tokens; scored "
           f"after each step ({scored} prefix tokens in all); threads {torch.get_num_threads()}")
     print(f"{'scorer':<34}{'seconds':>9}{'tokens/s':>11}{'computed tokens':>17}{'GFLOPs':>9}")

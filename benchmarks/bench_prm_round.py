@@ -8,7 +8,7 @@ Per round, by phase:
   write     writing question + steps as token ids, tag positions and tag digests (whole, or a
             written trajectory extended by its new steps): PRM._write
   digests   of which: the hash of the tokens up to each tag (which tags were scored before)
-  request   making and checking the engine's requests (Engine.make_request)
+  request   making and checking the engine's requests (engine/requests.py, from Engine.encode)
   engine    Engine.run (admission on the cached prefix, prefill of the new tokens, kept states)
   total     PRM.score, end to end
 
@@ -67,7 +67,7 @@ def run(trajectories: int, depths: list[int], step_chars: int, seed: int = 0) ->
         prm._write = timed(book, "write", prm._write)
         real_digests = prm_module._digests
         prm_module._digests = timed(book, "digests", real_digests)
-        engine.make_request = timed(book, "request", engine.make_request)
+        engine.requests = timed(book, "request", engine.requests)
         engine.run = timed(book, "engine", engine.run)
         question = words(300)
         steps = [[] for _ in range(trajectories)]

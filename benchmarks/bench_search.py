@@ -20,10 +20,12 @@ import torch
 
 from bench_prm import skywork_smollm2
 from tts_engine import LLM, PRM
-from tts_engine.flops import forward_flops, head_flops
+from tts_engine.flops import decoder_flops
+from tts_engine.models.heads import LMHead, ValueHead
 from tts_engine.outputs import CompletionOutput, RequestOutput
 from tts_engine.search import SearchConfig, beam_search
 from tts_engine.tasks import load_dataset
+from tts_engine.work import Work
 
 DATA = os.path.join(os.path.dirname(__file__), "../../shared/data/math500.jsonl")
 
@@ -36,31 +38,34 @@ class NaivePolicy:
         import transformers
         self.model = transformers.LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         self.hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
-        self.tok, self.cfg, self.engine = ours.get_tokenizer(), ours.engine.model_config, ours.engine
+        self.tok, self.cfg, self.max_model_len = ours.get_tokenizer(), ours.engine.model_config, \
+            ours.max_model_len
         self.flops = self.tokens = 0
 
     def get_tokenizer(self):
         return self.tok
 
     @torch.inference_mode()
-    def generate(self, prompts, params, use_tqdm=False):
+    def generate(self, prompts, sampling_params, use_tqdm=False):
         outs = []
         pad = self.tok.eos_token_id
-        for prompt, p in zip(prompts, params):          # a request at a time, n samples each
+        for prompt, p in zip(prompts, sampling_params):          # a request at a time, n samples each
             ids = prompt["prompt_token_ids"]
             torch.manual_seed(p.seed % (1 << 31))
             seqs = self.model.generate(torch.tensor([ids]), do_sample=True, temperature=p.temperature,
                                        top_p=p.top_p,
                                        top_k=0, num_return_sequences=p.n, max_new_tokens=p.max_tokens,
                                        stop_strings=p.stop or None, tokenizer=self.hf_tok, pad_token_id=pad)
-            completions = []
+            completions, work = [], Work()
             for k, row in enumerate(seqs[:, len(ids):].tolist()):
                 completions.append(self._completion(k, row, p))
                 new = len(completions[-1].token_ids)
-                self.flops += forward_flops(self.cfg, [(0, len(ids))], 1) + sum(
-                    forward_flops(self.cfg, [(len(ids) + t, len(ids) + t + 1)], 1) for t in range(new - 1))
-                self.tokens += len(ids) + new
-            outs.append(RequestOutput("0", None, ids, None, completions))
+                flops = decoder_flops(self.cfg, [(0, len(ids))]) + LMHead.flops(self.cfg, new) + sum(
+                    decoder_flops(self.cfg, [(len(ids) + t, len(ids) + t + 1)]) for t in range(new - 1))
+                work += Work(len(ids), 0, len(ids), new, flops)
+            self.flops += work.flops
+            self.tokens += work.computed_tokens + work.generated_tokens
+            outs.append(RequestOutput("0", None, ids, None, completions, work=work))
         return outs
 
     def _completion(self, k: int, row: list[int], p) -> CompletionOutput:
@@ -88,16 +93,15 @@ class NaivePRM:
         self.flops = self.tokens = 0
 
     @torch.inference_mode()
-    def score(self, questions, trajectories, return_work=False):
+    def score_with_work(self, questions, trajectories):
         scores = []
         for q, steps in zip(questions, trajectories):
             ids, positions = self.family.encode(q, [s.strip() for s in steps])
             hidden = self.model(torch.tensor([ids])).last_hidden_state[0, positions]
             scores.append(torch.sigmoid(self.head(hidden))[:, 0].tolist())
-            self.flops += (forward_flops(self.cfg, [(0, len(ids))], 0)
-                           + head_flops(self.cfg, "v_head", len(positions)))
+            self.flops += decoder_flops(self.cfg, [(0, len(ids))]) + ValueHead.flops(self.cfg, len(positions))
             self.tokens += len(ids)
-        return (scores, [None] * len(scores)) if return_work else scores
+        return scores, [Work() for _ in scores]
 
 
 class Recording:
@@ -106,9 +110,9 @@ class Recording:
     def __init__(self, prm):
         self.prm, self.scored = prm, []
 
-    def score(self, questions, trajectories, return_work=False):
+    def score_with_work(self, questions, trajectories):
         self.scored += [(q, [s.strip() for s in t]) for q, t in zip(questions, trajectories)]
-        return self.prm.score(questions, trajectories, return_work=return_work)
+        return self.prm.score_with_work(questions, trajectories)
 
 
 def unique_tokens(family, scored) -> int:
@@ -150,7 +154,7 @@ def main():
         theirs = beam_search(naive_policy, naive_prm, problems, cfg)
         theirs_s = time.perf_counter() - t
         keys = ("computed_tokens", "generated_tokens", "flops")
-        work = {side: {k: sum(getattr(r, f"{side}_work")[k] for r in ours) for k in keys}
+        work = {side: {k: sum(getattr(getattr(r, f"{side}_work"), k) for r in ours) for k in keys}
                 for side in ("policy", "prm")}
         unique = unique_tokens(prm.family, recorded.scored)
     acc = lambda results: sum(r.correct["prm_last_max"] for r in results) / len(results)   # noqa: E731

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tts_engine import LLM, SamplingParams
 from tts_engine.config import ModelConfig
-from tts_engine.flops import (attention_flops, decode_token_cost, forward_flops, linear_flops_per_token,
-                               lm_head_flops)
+from tts_engine.flops import attention_flops, decode_token_cost, decoder_flops, linear_flops_per_token
+from tts_engine.models.heads import ClassificationHead, LMHead, ValueHead
 
 # hidden 4, 2 layers, 2 query heads and 1 KV head of dim 2 (q_size 4, kv_size 2), MLP 6, vocab 10
 TINY = ModelConfig(
@@ -19,9 +19,12 @@ def test_formulas_by_hand():
     # positions 0, 1, 2 see 1, 2, 3 keys: QK^T and PV are 2 x q_size multiply-adds per key, per layer
     assert attention_flops(TINY, 0, 3) == 2 * 2 * 2 * 4 * (1 + 2 + 3) == 192
     assert attention_flops(TINY, 3, 4) == 2 * 2 * 2 * 4 * 4 == 128
-    assert lm_head_flops(TINY, 3) == 2 * 4 * 10 * 3 == 240
-    assert forward_flops(TINY, [(0, 3)], 1) == 3 * 480 + 192 + 80 == 1712
-    assert forward_flops(TINY, [(0, 3), (3, 4)], 2) == 1712 + 480 + 128 + 80
+    assert decoder_flops(TINY, [(0, 3)]) == 3 * 480 + 192 == 1632
+    assert decoder_flops(TINY, [(0, 3), (3, 4)]) == 1632 + 480 + 128
+    # heads, per row: hidden x vocab (or x the columns read), hidden x 1, hidden x (hidden + labels)
+    assert LMHead.flops(TINY, 3) == 2 * 4 * 10 * 3 == 240 and LMHead.flops(TINY, 3, 2) == 2 * 4 * 2 * 3
+    assert ValueHead.flops(TINY, 3) == 2 * 4 * 3
+    assert ClassificationHead.flops(TINY, 3) == 2 * (4 * 4 + 4 * 2) * 3
     windowed = ModelConfig(**{**TINY.__dict__, "sliding_window": 2})
     assert attention_flops(windowed, 0, 3) == 2 * 2 * 2 * 4 * (1 + 2 + 2) == 160
 
@@ -33,21 +36,22 @@ def test_engine_counts_what_it_computes(tiny_llama):
     llm.generate(prompt, SamplingParams(n=3, temperature=1.0, max_tokens=5, ignore_eos=True, seed=0))
     # the prompt once with one head row (the three samples fork off it), then each sample feeds
     # its first 4 tokens back one at a time (its 5th is never fed)
-    expected = forward_flops(cfg, [(0, 10)], 1) + 3 * sum(
-        forward_flops(cfg, [(p, p + 1)], 1) for p in range(10, 14)
+    expected = decoder_flops(cfg, [(0, 10)]) + LMHead.flops(cfg, 1) + 3 * sum(
+        decoder_flops(cfg, [(p, p + 1)]) + LMHead.flops(cfg, 1) for p in range(10, 14)
     )
     assert llm.stats()["flops"] == expected
     llm.reset_stats()
     llm.generate(prompt, SamplingParams(temperature=0, max_tokens=1))   # cached but the last prompt token
-    assert llm.stats()["flops"] == forward_flops(cfg, [(9, 10)], 1)
+    assert llm.stats()["flops"] == decoder_flops(cfg, [(9, 10)]) + LMHead.flops(cfg, 1)
 
 
 def test_decode_token_cost_is_forward_flops_of_one_token(tiny_llama):
-    """The engine's per-token shortcut against forward_flops, with and without a sliding window."""
+    """The engine's per-token shortcut against decoder_flops, with and without a sliding window."""
     import dataclasses
     cfg = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=256).engine.model_config
     for window in (None, 7):
         c = dataclasses.replace(cfg, sliding_window=window)
-        a, b, w = decode_token_cost(c)
+        a, b, w = decode_token_cost(c, LMHead.flops(c, 1))
         for n in (1, 5, 7, 8, 300):
-            assert a + b * (n if w is None else min(n, w)) == forward_flops(c, [(n - 1, n)], 1)
+            one = decoder_flops(c, [(n - 1, n)]) + LMHead.flops(c, 1)
+            assert a + b * (n if w is None else min(n, w)) == one

@@ -22,6 +22,7 @@ LAYERS = [
     ("tts_engine.kernels", 1),
     ("tts_engine._C", 0), ("tts_engine.config", 0), ("tts_engine.loader", 0), ("tts_engine.tokenizer", 0),
     ("tts_engine.flops", 0), ("tts_engine.sampling_params", 0), ("tts_engine.random_model", 0),
+    ("tts_engine.work", 0),
 ]
 
 
@@ -58,6 +59,22 @@ def test_no_module_imports_a_higher_layer():
         for name in imported(path):
             if any(name == p or name.startswith(p + ".") for p, _ in LAYERS) and layer(name) > layer(module):
                 bad.append(f"{module} (layer {layer(module)}) imports {name} (layer {layer(name)})")
+    assert not bad, "\n".join(bad)
+
+
+def test_search_never_reaches_into_what_it_drives():
+    """A strategy calls only what search/contract.py names (Policy, Scorer): no `.engine` (nor any
+    private attribute) of the policy or the scorer."""
+    bad = []
+    for module, path in modules():
+        if not module.startswith("tts_engine.search."):
+            continue
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Attribute) and node.attr == "engine":
+                bad.append(f"{module}:{node.lineno} reads .engine")
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                    and node.value.attr in ("policy", "scorer") and node.attr.startswith("_")):
+                bad.append(f"{module}:{node.lineno} reads {node.value.attr}.{node.attr}")
     assert not bad, "\n".join(bad)
 
 

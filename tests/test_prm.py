@@ -275,9 +275,9 @@ def test_ids_are_checked_when_the_tokenizer_outgrows_the_model(tmp_path):
     save_random_model(str(small), dict(QWEN2_5_1_5B, vocab_size=200, **tiny), dtype=torch.float32,
                       value_head=True)      # (the byte-level tokenizer still has 258 ids)
     ok = PRM(str(fits), device="cpu", dtype="float32", kv_cache_tokens=4096)
-    assert ok._ids_fit and len(ok.score("ÿ question", [["ÿ step"]])[0]) == 1
+    assert ok.engine.tokenizer_fits and len(ok.score("ÿ question", [["ÿ step"]])[0]) == 1
     prm = PRM(str(small), device="cpu", dtype="float32", kv_cache_tokens=4096)
-    assert not prm._ids_fit
+    assert not prm.engine.tokenizer_fits
     with pytest.raises(ValueError, match="outside the vocabulary"):
         prm.score("ÿ question", [["ÿ step"]])
 
@@ -302,12 +302,10 @@ def test_which_families_write_a_step_alone_and_the_largest_id_decides_the_check(
     kind, folder, _ = family
     prm = PRM(str(folder), dtype="float32", device="cpu", kv_cache_tokens=8192)
     assert prm.family.extendable == (kind in ("skywork", "qwen2.5-math-prm"))
-    engine, vocab = prm.engine, prm.engine.model_config.vocab_size
-    real = engine.tokenizer.get_vocab
-    try:
-        engine.tokenizer.get_vocab = lambda: {"a": 0, "b": vocab - 1}
-        assert engine.tokenizer_fits()
-        engine.tokenizer.get_vocab = lambda: {"a": 0, "b": vocab}      # two entries, one id too big
-        assert not engine.tokenizer_fits()
-    finally:
-        engine.tokenizer.get_vocab = real
+    from tts_engine.engine.engine import tokenizer_fits
+    vocab = prm.engine.model_config.vocab_size
+    assert prm.engine.tokenizer_fits == tokenizer_fits(prm.engine.tokenizer, vocab)
+    gaps = type("T", (), {"get_vocab": lambda self: {"a": 0, "b": vocab - 1}})()
+    assert tokenizer_fits(gaps, vocab)
+    too_big = type("T", (), {"get_vocab": lambda self: {"a": 0, "b": vocab}})()   # 2 entries, an id too big
+    assert not tokenizer_fits(too_big, vocab)

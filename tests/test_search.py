@@ -12,6 +12,7 @@ import pytest
 from tts_engine.outputs import CompletionOutput, RequestOutput
 from tts_engine.search import RULES, SearchConfig, beam_search, best_of_n, choose, dvts
 from tts_engine.tasks import Problem, extract_answer, grade, load_dataset
+from tts_engine.work import Work
 
 
 # ---------------------------------------------------------------- scripted policy and PRM
@@ -37,7 +38,7 @@ class ScriptedLLM:
         self.vocab: list[str] = []
         self.requests: list[tuple[tuple[str, ...], int]] = []
         self.texts: dict[int, str] = {}           # a step token's text
-        self.engine = type("E", (), {"max_model_len": 10_000})()
+        self.max_model_len = 10_000
 
     def get_tokenizer(self):
         return ScriptedTokenizer(self.texts)
@@ -47,9 +48,9 @@ class ScriptedLLM:
             self.vocab.append(step)
         return self.vocab.index(step) + 1
 
-    def generate(self, prompts, params, use_tqdm=False):
+    def generate(self, prompts, sampling_params, use_tqdm=False):
         outs = []
-        for prompt, p in zip(prompts, params):
+        for prompt, p in zip(prompts, sampling_params):
             path = tuple(self.vocab[i - 1] for i in prompt["prompt_token_ids"][1:])
             self.requests.append((path, p.n))
             steps = self.script[path]
@@ -62,7 +63,8 @@ class ScriptedLLM:
                 text += "\n\n" if stop else ""
                 self.texts[self._id(step)] = text
                 completions.append(CompletionOutput(k, text, [self._id(step)], 0.0, None, reason, stop))
-            outs.append(RequestOutput("0", None, prompt["prompt_token_ids"], None, completions))
+            outs.append(RequestOutput("0", None, prompt["prompt_token_ids"], None, completions,
+                                      work=Work(generated_tokens=p.n)))
         return outs
 
 
@@ -72,13 +74,35 @@ class ScriptedPRM:
     def __init__(self):
         self.scored = 0
 
-    def score(self, questions, trajectories, return_work=False):
+    def score_with_work(self, questions, trajectories):
         self.scored += len(trajectories)
         scores = [[float(re.search(r"\.\d+", s).group()) for s in steps] for steps in trajectories]
-        return (scores, [None] * len(scores)) if return_work else scores
+        return scores, [Work(flops=len(steps)) for steps in trajectories]
 
 
 PROBLEM = [Problem("p", "What is 2 + 3?", "5")]
+
+
+def test_the_policy_and_the_scorer_keep_the_contract():
+    """Every member of search/contract.py's Policy and Scorer is a public member of LLM and PRM, and
+    of this file's stand-ins, and takes the protocol's parameters by their names."""
+    import inspect
+
+    from tts_engine import LLM, PRM
+    from tts_engine.search.contract import Policy, Scorer
+    for protocol, impls in ((Policy, [LLM, ScriptedLLM({})]), (Scorer, [PRM, ScriptedPRM(), HashPRM()])):
+        members = [n for n in vars(protocol) if not n.startswith("_")]
+        assert {"Policy": {"max_model_len", "get_tokenizer", "generate"},
+                "Scorer": {"score_with_work"}}[protocol.__name__] == set(members)
+        for impl in impls:
+            for name in members:
+                assert hasattr(impl, name), f"{impl} has no {name}"
+                want = getattr(protocol, name)
+                if isinstance(want, property):
+                    continue
+                have = inspect.signature(getattr(impl, name)).parameters
+                for param in list(inspect.signature(want).parameters)[1:]:
+                    assert param in have, f"{impl}.{name} takes no {param!r}"
 
 
 def test_beam_search_tree_by_hand():
@@ -97,6 +121,9 @@ def test_beam_search_tree_by_hand():
     assert [c.done for c in result.candidates] == ["answer", "eos"]
     assert [c.step_scores for c in result.candidates] == [[0.9, 0.95], [0.7, 0.6, 0.8]]
     assert prm.scored == 10
+    # the work the policy and the scorer report, added up per problem: 10 one-token steps sampled;
+    # 4 one-step, 4 two-step and 2 three-step trajectories scored (the fake's flops: steps scored)
+    assert result.policy_work == Work(generated_tokens=10) and result.prm_work == Work(flops=4 + 8 + 6)
     assert llm.requests == [((), 4), (("a1 .9",), 2), (("a3 .7",), 2), (("a3 .7", "a3b1 .6"), 2)]
     assert result.answers["prm_last_max"] == "5" and result.correct["prm_last_max"]
 
@@ -191,10 +218,10 @@ def test_answer_extraction():
 class HashPRM:
     """A deterministic stand-in scorer over real steps: a step's score is a hash of its text."""
 
-    def score(self, questions, trajectories, return_work=False):
+    def score_with_work(self, questions, trajectories):
         scores = [[int.from_bytes(hashlib.blake2b(s.encode(), digest_size=2).digest(), "little") / 65536
                    for s in steps] for steps in trajectories]
-        return (scores, [None] * len(scores)) if return_work else scores
+        return scores, [Work() for _ in trajectories]
 
 
 def test_beam_search_result_does_not_depend_on_the_batch(smollm2):
@@ -204,7 +231,7 @@ def test_beam_search_result_does_not_depend_on_the_batch(smollm2):
     batch = beam_search(smollm2, HashPRM(), problems, cfg)[3]
     assert [c.text for c in alone.candidates] == [c.text for c in batch.candidates]
     assert alone.answers == batch.answers and alone.candidates
-    assert alone.policy_work["generated_tokens"] > 0 and alone.policy_work["cached_tokens"] > 0
+    assert alone.policy_work.generated_tokens > 0 and alone.policy_work.cached_tokens > 0
 
 
 def test_a_stop_string_inside_a_token_does_not_leak_into_the_next_step():
@@ -212,7 +239,7 @@ def test_a_stop_string_inside_a_token_does_not_leak_into_the_next_step():
     stops there, and the trajectory's tokens must too (else the next step starts after "The")."""
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
-    from tts_engine.search.common import Run
+    from tts_engine.search.steps import step_tokens
     from tts_engine.tokenizer import Tokenizer
     merges = [("Ċ", "Ċ"), ("T", "h"), ("Th", "e"), ("ĊĊ", "The")]
     vocab = {c: i for i, c in enumerate("123+=ĠĊThe")}
@@ -223,9 +250,7 @@ def test_a_stop_string_inside_a_token_does_not_leak_into_the_next_step():
     tok = Tokenizer(hf)
     generated = tok.encode("1 + 2 = 3\n\nThe", add_special_tokens=False)
     assert tok.decode(generated[-1:]) == "\n\nThe"
-    run = Run.__new__(Run)
-    run.tokenizer = tok
     step = CompletionOutput(0, "1 + 2 = 3\n\n", generated, None, None, "stop", "\n\n")
-    assert tok.decode(run._step_tokens(step)) == "1 + 2 = 3\n\n"
+    assert tok.decode(step_tokens(tok, step)) == "1 + 2 = 3\n\n"
     whole = CompletionOutput(0, "1 + 2 = 3\n\nThe", generated, None, None, "length", None)
-    assert run._step_tokens(whole) == generated
+    assert step_tokens(tok, whole) == generated

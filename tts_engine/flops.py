@@ -1,5 +1,6 @@
-"""FLOPs (2 per multiply-add): the decoder's forward pass, counted for what is computed, its heads,
-and the paper's Table 4 view of a study, inference plus pre-training (6 x parameters x tokens)."""
+"""FLOPs (2 per multiply-add): the decoder's forward pass, counted for what is computed, and the
+paper's Table 4 view of a study, inference plus pre-training (6 x parameters x tokens). Each head
+counts its own (models/heads.py)."""
 from __future__ import annotations
 
 from tts_engine.config import ModelConfig
@@ -21,37 +22,18 @@ def attention_flops(cfg: ModelConfig, start: int, end: int) -> int:
     return 2 * 2 * cfg.num_layers * cfg.q_size * keys
 
 
-def lm_head_flops(cfg: ModelConfig, rows: int) -> int:
-    return head_flops(cfg, "lm_head", rows)
-
-
-def forward_flops(cfg: ModelConfig, spans: list[tuple[int, int]], head_rows: int) -> int:
-    """FLOPs of one step that computes positions [start, end) of each sequence, and the head on
-    head_rows rows."""
+def decoder_flops(cfg: ModelConfig, spans: list[tuple[int, int]]) -> int:
+    """The decoder computing positions [start, end) of each sequence (its head not included)."""
     per_token = linear_flops_per_token(cfg)
-    return sum(per_token * (e - s) + attention_flops(cfg, s, e) for s, e in spans) + lm_head_flops(
-        cfg, head_rows
-    )
+    return sum(per_token * (e - s) + attention_flops(cfg, s, e) for s, e in spans)
 
 
-def decode_token_cost(cfg: ModelConfig) -> tuple[int, int, int | None]:
+def decode_token_cost(cfg: ModelConfig, head_row: int) -> tuple[int, int, int | None]:
     """(a, b, window): a decode step's FLOPs for one token whose context is n tokens (itself
-    included) are a + b * n, or a + b * min(n, window) with a sliding window; what
-    forward_flops(cfg, [(n - 1, n)], 1) gives, without its per-call work (the engine counts every
-    decoding sequence every step)."""
-    return linear_flops_per_token(cfg) + lm_head_flops(cfg, 1), 2 * 2 * cfg.num_layers * cfg.q_size, \
-        cfg.sliding_window
-
-
-def head_flops(cfg: ModelConfig, head: str, rows: int, columns: int | None = None) -> int:
-    """A head on `rows` hidden states: the LM head (or `columns` of it), a value head, or the
-    classification head's two layers."""
-    h = cfg.hidden_size
-    if head == "lm_head":
-        return 2 * h * (cfg.vocab_size if columns is None else columns) * rows
-    if head == "v_head":
-        return 2 * h * rows
-    return 2 * (h * h + h * cfg.num_labels) * rows
+    included) and its head row (head_row FLOPs) are a + b * n, or a + b * min(n, window) with a
+    sliding window; what decoder_flops(cfg, [(n - 1, n)]) + head_row gives, without its per-call
+    work (the engine counts every decoding sequence every step)."""
+    return linear_flops_per_token(cfg) + head_row, 2 * 2 * cfg.num_layers * cfg.q_size, cfg.sliding_window
 
 
 def pretraining_flops(parameters: int, tokens: int) -> int:

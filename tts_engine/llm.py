@@ -7,7 +7,6 @@ shapes the results as vLLM's RequestOutput. The step loop lives in engine/engine
 from __future__ import annotations
 
 import operator
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -70,6 +69,11 @@ class LLM:
     def get_tokenizer(self) -> Tokenizer:
         return self.engine.tokenizer
 
+    @property
+    def max_model_len(self) -> int:
+        """Tokens a prompt and its output may hold together (the model's context, or the cap)."""
+        return self.engine.max_model_len
+
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix (between generate calls). True when done, as in vLLM."""
         self.engine.reset_prefix_cache()
@@ -81,9 +85,7 @@ class LLM:
     def stats(self) -> dict[str, int]:
         """Counters since creation or the last reset_stats(). Prompt tokens of the n samples of a
         request each count; cached + computed = prompt tokens, recomputed = work redone after preemption."""
-        e = self.engine
-        return {**asdict(e.stats), "kv_tokens_in_use": e.scheduler.kv_tokens_in_use,
-                "kv_tokens_cached": e.scheduler.cache.num_cached, "kv_cache_tokens": e.kv_cache_tokens}
+        return self.engine.counters()
 
     def generate(self, prompts: Any, sampling_params: SamplingParams | list[SamplingParams] | None = None,
                  use_tqdm: bool = True, lora_request: None = None) -> list[RequestOutput]:
@@ -132,20 +134,11 @@ class LLM:
         """Final hidden states ([len(positions), hidden], after the last norm) of token-id prompts at
         the given positions (default: all). The longest cached prefix before the first requested
         position is reused and the prompt stays cached, so scoring a prefix plus a new step
-        computes only the new step. `llm.engine.model.compute_logits` turns them into logits."""
+        computes only the new step. `llm.engine.apply_head` turns them into logits."""
+        prompts = [_token_ids(p) for p in prompts]
         if positions is None:
             positions = [list(range(len(p))) for p in prompts]
-        if len(positions) != len(prompts):
-            raise ValueError(f"got {len(positions)} position lists for {len(prompts)} prompts")
-        requests = []
-        for ids, pos in zip(prompts, positions):   # validate everything before queueing anything
-            if not pos or any(not isinstance(p, int) or not 0 <= p < len(ids) for p in pos):
-                raise ValueError(f"positions must be a non-empty list within [0, {len(ids)}), "
-                                 f"got {pos!r:.80}")
-            requests.append(self.engine.make_request(_token_ids(ids), SamplingParams(max_tokens=1),
-                                                     hidden_positions=pos, generates=False))
-        self._run(requests, use_tqdm=False)
-        return [torch.stack([r.seqs[0].hidden_states[p] for p in pos]) for r, pos in zip(requests, positions)]
+        return [e.hidden for e in self.engine.encode(prompts, positions)]
 
     # ------------------------------------------------------------ internals
     def _request(self, prompt: Any, params: SamplingParams) -> Request:

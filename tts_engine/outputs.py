@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tts_engine.work import Work
+
 
 @dataclass
 class Logprob:
@@ -40,6 +42,5 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = True
     num_cached_tokens: int = 0      # prompt tokens served from the prefix cache (summed over the n samples)
-    # beyond vLLM: what the engine spent on this request (Request.work: prompt, cached and computed
-    # tokens, generated tokens, FLOPs), for studies that attribute compute per problem
-    work: dict[str, int] | None = None
+    # beyond vLLM: what the engine spent on this request, for studies that attribute compute per problem
+    work: Work | None = None

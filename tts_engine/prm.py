@@ -32,19 +32,19 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from tts_engine.config import EngineConfig
 from tts_engine.engine.engine import Engine
-from tts_engine.flops import head_flops
 from tts_engine.loader import find_checkpoint, tensor_names
-from tts_engine.sampling_params import SamplingParams, check_unicode
+from tts_engine.models.heads import ClassificationHead, LMHead, ValueHead
+from tts_engine.sampling_params import check_unicode
 from tts_engine.tokenizer import Tokenizer
+from tts_engine.work import Work
 
 KINDS = ("math-shepherd", "rlhflow", "skywork", "qwen2.5-math-prm")
-WORK_KEYS = ("prompt_tokens", "cached_tokens", "computed_tokens", "generated_tokens", "flops", "saved_flops")
 QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 RLHFLOW_PLACEHOLDER = "<|reserved_special_token_0|>"
 
@@ -52,7 +52,7 @@ RLHFLOW_PLACEHOLDER = "<|reserved_special_token_0|>"
 class Family:
     """How one PRM family writes a trajectory and reads its head."""
     name: str
-    head: str = "lm_head"
+    head: type = LMHead                    # the head it reads (models/heads.py)
     columns: list[int] | None = None       # LM-head columns read (None: the whole head's output)
     extendable = False                     # `extend` works (else every trajectory is written whole)
 
@@ -127,7 +127,7 @@ class RLHFlow(Family):
 
 class Skywork(Family):
     name = "skywork"
-    head = "v_head"
+    head = ValueHead
     extendable = True       # each step is encoded on its own
 
     def __init__(self, tok: Tokenizer):
@@ -150,7 +150,7 @@ class Skywork(Family):
 
 class QwenMathPRM(Family):
     name = "qwen2.5-math-prm"
-    head = "score"
+    head = ClassificationHead
 
     def __init__(self, tok: Tokenizer):
         super().__init__(tok)
@@ -201,9 +201,9 @@ FAMILIES = {f.name: f for f in (MathShepherd, RLHFlow, Skywork, QwenMathPRM)}
 def detect(config: dict, tensor_names: set[str], tok: Tokenizer) -> str:
     """The family of a checkpoint: from its architectures and head tensors, else from its tag tokens."""
     archs = config.get("architectures") or []
-    if "Qwen2ForProcessRewardModel" in archs or "score.0.weight" in tensor_names:
+    if "Qwen2ForProcessRewardModel" in archs or ClassificationHead.tensor in tensor_names:
         return "qwen2.5-math-prm"
-    if "Qwen2ForPrmModel" in archs or "v_head.summary.weight" in tensor_names:
+    if "Qwen2ForPrmModel" in archs or ValueHead.tensor in tensor_names:
         return "skywork"
     vocab = tok.get_vocab()
     if "ки" in vocab or "▁ки" in vocab:
@@ -216,25 +216,22 @@ def detect(config: dict, tensor_names: set[str], tok: Tokenizer) -> str:
 
 
 class PRM:
-    def __init__(self, model: str, kind: str = "auto", dtype="auto", device: str | None = None,
-                 kv_cache_tokens: int | None = None, gpu_memory_utilization: float = 0.9,
-                 tokenizer: str | None = None, max_num_batched_tokens: int = 2048, max_num_seqs: int = 256,
-                 enable_prefix_caching: bool = True, attention_backend: str = "auto",
-                 check_weights: bool = True,
-                 score_cache_size: int = 1 << 20):
-        """A process reward model from a local checkpoint. kind: one of KINDS or "auto". Loading runs
-        no code from the checkpoint (auto_map is ignored) and reads safetensors or GGUF only."""
+    def __init__(self, model: str, kind: str = "auto", score_cache_size: int = 1 << 20, **engine_args):
+        """A process reward model from a local checkpoint. kind: one of KINDS or "auto". engine_args:
+        the engine's settings (EngineConfig: dtype, device, kv_cache_tokens, gpu_memory_utilization,
+        tokenizer, max_num_batched_tokens, ...). Loading runs no code from the checkpoint (auto_map
+        is ignored) and reads safetensors or GGUF only."""
         if kind != "auto" and kind not in KINDS:
             raise ValueError(f"unknown PRM kind {kind!r}; use 'auto' or one of {', '.join(KINDS)}")
+        known = EngineConfig.__dataclass_fields__.keys() - {"model", "head"}
+        unknown = sorted(engine_args.keys() - known)
+        if unknown:
+            raise ValueError(f"PRM() got unknown argument(s) {', '.join(unknown)}; the engine's are "
+                             f"{', '.join(sorted(known))}")
         if kind == "auto":
             ckpt = find_checkpoint(model)
-            kind = detect(ckpt.config, tensor_names(ckpt), Tokenizer.load(ckpt, tokenizer))
-        head = FAMILIES[kind].head
-        self.engine = Engine(EngineConfig(
-            model=model, tokenizer=tokenizer, dtype=dtype, device=device, kv_cache_tokens=kv_cache_tokens,
-            gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
-            max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
-            attention_backend=attention_backend, check_weights=check_weights, head=head))
+            kind = detect(ckpt.config, tensor_names(ckpt), Tokenizer.load(ckpt, engine_args.get("tokenizer")))
+        self.engine = Engine(EngineConfig(model=model, head=FAMILIES[kind].head.name, **engine_args))
         self.kind = kind
         self.family = FAMILIES[kind](self.engine.tokenizer)
         self._scores: OrderedDict[bytes, float] = OrderedDict()   # digest of the tokens up to a tag -> score
@@ -242,13 +239,20 @@ class PRM:
         # (question, steps as given) -> how it was written, for trajectories that extend it
         self._written: OrderedDict[tuple[str, tuple[str, ...]], _Written] = OrderedDict()
         self._written_tokens = 0
-        self._ids_fit = self.engine.tokenizer_fits()    # (the families write ids with the tokenizer only)
-        self._head_flops = 0
 
-    def score(self, questions: str | list[str], trajectories: list[list[str]], return_work: bool = False):
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    def score(self, questions: str | list[str], trajectories: list[list[str]]) -> list[list[float]]:
         """One score in [0, 1] per step of each trajectory. questions: one shared string, or one per
-        trajectory. All trajectories go through the engine together. With return_work, also what
-        each trajectory cost (its request's tokens and FLOPs, and the head on its new tags)."""
+        trajectory. All trajectories go through the engine together."""
+        return self.score_with_work(questions, trajectories)[0]
+
+    def score_with_work(self, questions: str | list[str], trajectories: list[list[str]]
+                        ) -> tuple[list[list[float]], list[Work]]:
+        """`score`, and what each trajectory cost: the engine's work on it and the head on its new
+        tags (a tag shared by trajectories is computed and paid for once, by the first)."""
         if not isinstance(trajectories, list) or any(not isinstance(t, list) for t in trajectories):
             raise ValueError("trajectories must be a list of lists of step strings")
         if isinstance(questions, str):
@@ -257,56 +261,41 @@ class PRM:
             raise ValueError(f"questions must be a string or a list with one per trajectory "
                              f"({len(trajectories)}), got {type(questions).__name__}")
         written = [self._write(q, t) for q, t in zip(questions, trajectories)]
-        # the requests score the tags not seen before (one request per trajectory, cut after its
-        # last new tag; a tag shared by trajectories is scored once)
-        pending: dict[bytes, tuple[int, int]] = {}      # digest -> (request index, position)
-        requests, request_of = [], []
-        # the leading tags whose scores a trajectory has from the one it extends are not looked at
+        # each trajectory encodes the tags not seen before, cut after its last new one; the leading
+        # tags whose scores it has from the trajectory it extends are not looked at
         known = [w.scores if w.scores is not None else w.prior for w in written]
         rests = [w.digests[len(have):] for w, have in zip(written, known)]     # the other tags' digests
+        pending: set[bytes] = set()
+        prompts, positions, encoded_by = [], [], []
         for w, have, digests in zip(written, known, rests):
-            ids, positions = w.ids, w.positions[len(have):]
-            new = [(p, d) for p, d in zip(positions, digests) if d not in self._scores and d not in pending]
-            request_of.append((len(requests), len(new)) if new else None)
+            new = [(p, d) for p, d in zip(w.positions[len(have):], digests)
+                   if d not in self._scores and d not in pending]
+            encoded_by.append(len(prompts) if new else None)
             if new:
-                for p, d in new:
-                    pending[d] = (len(requests), p)
-                last = new[-1][0]
-                requests.append(self.engine.make_request(ids[:last + 1], _ENCODE, generates=False,
-                                                         hidden_positions=[p for p, _ in new],
-                                                         ids_from_tokenizer=self._ids_fit))
-        for r in requests:
-            self.engine.add(r)
-        self.engine.run()
+                pending.update(d for _, d in new)
+                prompts.append(w.ids[:new[-1][0] + 1])
+                positions.append(new)
+        encoded = self.engine.encode(prompts, [[p for p, _ in new] for new in positions],
+                                     ids_from_tokenizer=True) if prompts else []
         new_scores = {}
-        if pending:
-            hidden = torch.stack([requests[i].seqs[0].hidden_states[p] for i, p in pending.values()])
+        if encoded:
             columns = self.family.columns
-            kwargs = {"columns": torch.tensor(columns, device=hidden.device)} if columns is not None else {}
-            scores = self.family.probability(self.engine.model.compute_logits(hidden, **kwargs)).tolist()
-            self._head_flops += head_flops(self.engine.model_config, self.family.head, len(pending),
-                                           len(columns) if columns is not None else None)
-            new_scores = dict(zip(pending, scores))
+            out = self.engine.apply_head(torch.cat([e.hidden for e in encoded]), columns)
+            new_scores = dict(zip((d for new in positions for _, d in new),
+                                  self.family.probability(out).tolist()))
         # every score read before any is remembered: remembering may forget a tag a later
         # trajectory reads
         fresh = [[new_scores[d] if d in new_scores else self._scores[d] for d in rest] for rest in rests]
-        out = []
-        for w, have, rest, scores in zip(written, known, rests, fresh):
+        out, works = [], []
+        for w, have, rest, scores, index in zip(written, known, rests, fresh, encoded_by):
             for d, score in zip(rest, scores):     # remember (least recently used forgotten first)
                 self._remember(d, score)
             w.scores = have + scores
             out.append(list(w.scores))
-        if not return_work:
-            return out
-        works = []
-        for entry in request_of:
-            work = dict.fromkeys(WORK_KEYS, 0)
-            if entry is not None:
-                index, tags = entry
-                work = requests[index].work()
-                columns = self.family.columns
-                work["flops"] += head_flops(self.engine.model_config, self.family.head, tags,
-                                            len(columns) if columns is not None else None)
+            work = Work()
+            if index is not None:
+                work = encoded[index].work
+                work.flops += self.engine.head_flops(len(positions[index]), self.family.columns)
             works.append(work)
         return out, works
 
@@ -371,11 +360,9 @@ class PRM:
             self._scores.popitem(last=False)
 
     def stats(self) -> dict[str, int]:
-        """The engine's counters (prompt tokens are the PRM's inputs) plus the head's FLOPs."""
-        e = self.engine
-        st = asdict(e.stats)
-        st["flops"] += self._head_flops
-        return {**st, "kv_tokens_in_use": e.scheduler.kv_tokens_in_use, "kv_cache_tokens": e.kv_cache_tokens}
+        """The engine's counters (prompt tokens are the PRM's inputs; FLOPs include the head's),
+        as LLM.stats()."""
+        return self.engine.counters()
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix and remembered score (a study does this between methods, so
@@ -388,10 +375,7 @@ class PRM:
 
     def reset_stats(self) -> None:
         self.engine.reset_stats()
-        self._head_flops = 0
 
-
-_ENCODE = SamplingParams(max_tokens=1)
 # Token ids of the trajectories whose writing is kept (least recently used forgotten first; a
 # trajectory used as a base counts as used): two rounds of 256 trajectories of 8k tokens, at 8
 # bytes a token (an extension's list shares its base's int objects), about 32 MB.

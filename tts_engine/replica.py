@@ -113,7 +113,7 @@ class Replica:
             def measured(d, result):
                 work = {"policy": result.policy_work, "prm": result.prm_work}
                 rows.append({"policy": policy, "prm": prm_name, **asdict(d),
-                             "tokens": {side: w["computed_tokens"] + w["generated_tokens"]
+                             "tokens": {side: w.computed_tokens + w.generated_tokens
                                         for side, w in work.items()}})
             estimate(self.llm, prm, list(unit.problems), cfg, unit.samples, on_result=measured)
             return rows

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import asdict, dataclass
 import gc
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,8 +39,10 @@ from tts_engine.engine.runner import StepOutput
 from tts_engine.engine.scheduler import ScheduledBatch, Scheduler
 from tts_engine.engine.sequence import Request, Status
 from tts_engine.engine.stats import EngineStats
-from tts_engine.flops import decode_token_cost, forward_flops, lm_head_flops
+from tts_engine.flops import decode_token_cost, decoder_flops
+from tts_engine.models.heads import LMHead
 from tts_engine.sampling_params import SamplingParams
+from tts_engine.work import Work
 
 
 @contextlib.contextmanager
@@ -75,25 +78,53 @@ class Engine:
         self.requests = RequestMaker(self.model_config.vocab_size, self.max_model_len, self.kv_cache_tokens,
                                      config.seed)
         self.overlap = self.device.type == "cuda" if config.overlap is None else config.overlap
-        self._decode_cost = decode_token_cost(self.model_config)
+        self._head_flops = type(self.model.head).flops
+        self._decode_cost = decode_token_cost(self.model_config, self._head_flops(self.model_config, 1))
+        self.tokenizer_fits = tokenizer_fits(self.tokenizer, self.model_config.vocab_size)
         self._worker: ThreadPoolExecutor | None = None
         self.reset_stats()
 
     @property
     def can_generate(self) -> bool:
-        return self.model.head_name == "lm_head"
+        return isinstance(self.model.head, LMHead)
 
     def make_request(self, prompt_token_ids: list[int], params: SamplingParams, prompt: str | None = None,
-                     hidden_positions: list[int] | None = None, generates: bool = True,
-                     ids_from_tokenizer: bool = False) -> Request:
+                     hidden_positions: list[int] | None = None, generates: bool = True) -> Request:
         """A checked request (requests.RequestMaker); `add` queues it."""
-        return self.requests(prompt_token_ids, params, prompt, hidden_positions, generates,
-                             ids_from_tokenizer)
+        return self.requests(prompt_token_ids, params, prompt, hidden_positions, generates)
 
-    def tokenizer_fits(self) -> bool:
-        """Every id the tokenizer can write is inside the model's vocabulary (then ids it wrote
-        need no check one by one). The largest id, not the count: vocabularies may have gaps."""
-        return max(self.tokenizer.get_vocab().values(), default=-1) < self.model_config.vocab_size
+    def encode(self, prompts: list[list[int]], positions: list[list[int]],
+               ids_from_tokenizer: bool = False) -> list[Encoded]:
+        """The final hidden states of each prompt at its positions, and what computing them cost.
+        The longest cached prefix before a prompt's first position is reused and the prompt stays
+        cached, so a prompt that extends an encoded one computes only its new tokens. Everything
+        is checked before anything is queued. ids_from_tokenizer: the caller wrote every id with
+        this engine's tokenizer, so when its vocabulary fits the model's they are not checked one
+        by one (a PRM's prompts are whole trajectories, every round)."""
+        if len(positions) != len(prompts):
+            raise ValueError(f"got {len(positions)} position lists for {len(prompts)} prompts")
+        requests = []
+        for ids, pos in zip(prompts, positions):
+            if not pos or any(not isinstance(p, int) or not 0 <= p < len(ids) for p in pos):
+                raise ValueError(f"positions must be a non-empty list within [0, {len(ids)}), "
+                                 f"got {pos!r:.80}")
+            requests.append(self.requests(ids, _ENCODE, hidden_positions=pos, generates=False,
+                                          trusted=ids_from_tokenizer and self.tokenizer_fits))
+        for r in requests:
+            self.add(r)
+        self.run()
+        return [Encoded(torch.stack([r.seqs[0].hidden_states[p] for p in pos]), r.work())
+                for r, pos in zip(requests, positions)]
+
+    def apply_head(self, hidden: torch.Tensor, columns: list[int] | None = None) -> torch.Tensor:
+        """The model's head on hidden states (of the LM head, only these token ids' columns, when
+        given); its FLOPs are counted."""
+        kwargs = {"columns": torch.tensor(columns, device=hidden.device)} if columns is not None else {}
+        self.stats.flops += self.head_flops(len(hidden), columns)
+        return self.model.compute_logits(hidden, **kwargs)
+
+    def head_flops(self, rows: int, columns: list[int] | None = None) -> int:
+        return self._head_flops(self.model_config, rows, len(columns) if columns is not None else None)
 
     def add(self, request: Request) -> None:
         self.scheduler.add(request.seqs)
@@ -180,7 +211,7 @@ class Engine:
         self.stats.generated_tokens += appended
         finished += done
         for seq in finished:
-            seq.saved_flops = forward_flops(self.model_config, [(0, seq.num_cached_prompt_tokens)], 0)
+            seq.saved_flops = decoder_flops(self.model_config, [(0, seq.num_cached_prompt_tokens)])
             self.output.finish_text(seq)
             self.scheduler.finish(seq)
         return len(finished)
@@ -196,7 +227,8 @@ class Engine:
                 seq.flops += (f := token + per_key * n)
                 total += f
         for c in batch.prefill:
-            c.seq.flops += (f := forward_flops(cfg, [(c.start, c.end)], int(c.samples)))
+            f = decoder_flops(cfg, [(c.start, c.end)]) + self._head_flops(cfg, int(c.samples))
+            c.seq.flops += f
             c.seq.computed_tokens += c.end - c.start
             total += f
         self.stats.flops += total
@@ -209,7 +241,7 @@ class Engine:
         seq = request.seqs[0]
         out = prompt_logprobs(self.model, seq.hidden_states, request.prompt_token_ids,
                               request.params.prompt_logprobs)
-        flops = lm_head_flops(self.model_config, len(request.prompt_token_ids) - 1)
+        flops = self.head_flops(len(request.prompt_token_ids) - 1)
         self.stats.flops += flops
         seq.flops += flops
         return out
@@ -223,4 +255,24 @@ class Engine:
 
     def reset_stats(self) -> None:
         self.stats = self.scheduler.stats = EngineStats(kv_tokens_peak=self.scheduler.kv_tokens_in_use)
+
+    def counters(self) -> dict[str, int]:
+        """The counters since the last reset, and the KV pool's occupancy now."""
+        return {**asdict(self.stats), "kv_tokens_in_use": self.scheduler.kv_tokens_in_use,
+                "kv_tokens_cached": self.scheduler.cache.num_cached, "kv_cache_tokens": self.kv_cache_tokens}
+
+
+def tokenizer_fits(tokenizer, vocab_size: int) -> bool:
+    """Every id the tokenizer can write is inside the model's vocabulary (then ids it wrote need no
+    check one by one). The largest id, not the count: vocabularies may have gaps."""
+    return max(tokenizer.get_vocab().values(), default=-1) < vocab_size
+
+
+@dataclass
+class Encoded:
+    hidden: torch.Tensor        # [positions, hidden size], after the final norm
+    work: Work
+
+
+_ENCODE = SamplingParams(max_tokens=1)
 

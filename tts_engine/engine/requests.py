@@ -17,18 +17,17 @@ class RequestMaker:
 
     def __call__(self, prompt_token_ids: list[int], params: SamplingParams, prompt: str | None = None,
                  hidden_positions: list[int] | None = None, generates: bool = True,
-                 ids_from_tokenizer: bool = False) -> Request:
+                 trusted: bool = False) -> Request:
         """A request and its n sequences, checked against the model and the KV pool; not queued yet
         (callers check all of theirs before adding any). With prompt_logprobs the first sequence
         keeps the hidden states of every prompt position but the last (no cache hits for it).
-        ids_from_tokenizer: the caller wrote every id with a tokenizer whose vocabulary it checked
-        fits the model's once, so they are not checked one by one (a PRM's requests hold whole
-        trajectories, every round)."""
+        trusted: every id is known to be inside the vocabulary (Engine.encode), so they are not
+        checked one by one."""
         ids = prompt_token_ids
         if not ids:
             raise ValueError("prompt is empty (no tokens)")
         vocab = self.vocab_size
-        bad = [] if ids_from_tokenizer else [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab]
+        bad = [] if trusted else [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {vocab})")
         for name in ("logprobs", "prompt_logprobs"):

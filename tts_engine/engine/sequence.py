@@ -10,6 +10,7 @@ import torch
 
 from tts_engine.engine.cache import Node, RadixCache
 from tts_engine.sampling_params import SamplingParams
+from tts_engine.work import Work
 
 
 class Status(enum.Enum):
@@ -131,12 +132,10 @@ class Request:
     params: SamplingParams
     seqs: list[Sequence] = field(default_factory=list)
 
-    def work(self) -> dict[str, int]:
-        """What the engine spent on this request: prompt tokens (each sample's), those served from
-        the cache and those computed (recomputation after preemption included), tokens generated, FLOPs."""
-        return {"prompt_tokens": len(self.prompt_token_ids) * len(self.seqs),
-                "cached_tokens": sum(s.num_cached_prompt_tokens for s in self.seqs),
-                "computed_tokens": sum(s.computed_tokens for s in self.seqs),
-                "generated_tokens": sum(s.num_output_tokens for s in self.seqs),
-                "flops": sum(s.flops for s in self.seqs),
-                "saved_flops": sum(s.saved_flops for s in self.seqs)}
+    def work(self) -> Work:
+        """What the engine spent on this request, its samples together."""
+        return Work(len(self.prompt_token_ids) * len(self.seqs),
+                    sum(s.num_cached_prompt_tokens for s in self.seqs),
+                    sum(s.computed_tokens for s in self.seqs),
+                    sum(s.num_output_tokens for s in self.seqs), sum(s.flops for s in self.seqs),
+                    sum(s.saved_flops for s in self.seqs))

@@ -6,7 +6,8 @@ model under the name its checkpoints use, so its tensors load by their own names
 - `v_head`: a value head, one scalar (Skywork's PRM: `v_head.summary`);
 - `score`: a token-classification head, Linear-ReLU-Linear to `num_labels` (Qwen2.5-Math-PRM:
   `score.0`, `score.2`).
-Heads return float32.
+Heads return float32. Each head also names a tensor its checkpoints hold (how a checkpoint's
+head is recognised; a tied LM head has none) and counts its own FLOPs (2 per multiply-add).
 """
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ from tts_engine.models.layers import Linear, param
 
 class LMHead(nn.Module):
     name = "lm_head"
+    tensor = "lm_head.weight"
+
+    @staticmethod
+    def flops(cfg: ModelConfig, rows: int, columns: int | None = None) -> int:
+        """The head on `rows` hidden states, of the whole vocabulary or of `columns` token ids."""
+        return 2 * cfg.hidden_size * (cfg.vocab_size if columns is None else columns) * rows
 
     def __init__(self, cfg: ModelConfig, embedding: nn.Embedding):
         super().__init__()
@@ -37,6 +44,11 @@ class LMHead(nn.Module):
 
 class ValueHead(nn.Module):
     name = "v_head"
+    tensor = "v_head.summary.weight"
+
+    @staticmethod
+    def flops(cfg: ModelConfig, rows: int, columns: None = None) -> int:
+        return 2 * cfg.hidden_size * rows
 
     def __init__(self, cfg: ModelConfig, embedding: nn.Embedding):
         super().__init__()
@@ -49,6 +61,12 @@ class ValueHead(nn.Module):
 
 class ClassificationHead(nn.Module):
     name = "score"
+    tensor = "score.0.weight"
+
+    @staticmethod
+    def flops(cfg: ModelConfig, rows: int, columns: None = None) -> int:
+        h = cfg.hidden_size
+        return 2 * (h * h + h * cfg.num_labels) * rows
 
     def __init__(self, cfg: ModelConfig, embedding: nn.Embedding):
         super().__init__()

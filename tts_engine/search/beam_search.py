@@ -12,19 +12,21 @@ from __future__ import annotations
 from typing import Callable
 
 from tts_engine.search.common import ProblemResult, Run, SearchConfig, Trajectory
+from tts_engine.search.contract import Policy, Scorer
+from tts_engine.search.steps import sample_steps
 from tts_engine.tasks.data import Problem
 
 
-def beam_search(llm, prm, problems: list[Problem], cfg: SearchConfig,
+def beam_search(policy: Policy, scorer: Scorer, problems: list[Problem], cfg: SearchConfig,
                 on_result: Callable[[ProblemResult], None] | None = None) -> list[ProblemResult]:
-    return _search(llm, prm, problems, cfg, "beam", subtrees=1, first=cfg.n, keep=cfg.n // cfg.beam_width,
-                   on_result=on_result)
+    return _search(policy, scorer, problems, cfg, "beam", subtrees=1, first=cfg.n,
+                   keep=cfg.n // cfg.beam_width, on_result=on_result)
 
 
-def dvts(llm, prm, problems: list[Problem], cfg: SearchConfig,
+def dvts(policy: Policy, scorer: Scorer, problems: list[Problem], cfg: SearchConfig,
          on_result: Callable[[ProblemResult], None] | None = None) -> list[ProblemResult]:
-    return _search(llm, prm, problems, cfg, "dvts", subtrees=cfg.n // cfg.beam_width, first=cfg.beam_width,
-                   keep=1, on_result=on_result)
+    return _search(policy, scorer, problems, cfg, "dvts", subtrees=cfg.n // cfg.beam_width,
+                   first=cfg.beam_width, keep=1, on_result=on_result)
 
 
 class _Tree:
@@ -51,14 +53,14 @@ class _Tree:
         return not self.live or len(self.finished) >= self.keep
 
 
-def _search(llm, prm, problems, cfg: SearchConfig, method: str, subtrees: int, first: int, keep: int,
+def _search(policy, scorer, problems, cfg: SearchConfig, method: str, subtrees: int, first: int, keep: int,
             on_result) -> list[ProblemResult]:
     if cfg.n % cfg.beam_width:
         raise ValueError(f"N={cfg.n} is not a multiple of the beam width {cfg.beam_width}")
-    run = Run(llm, prm, problems, cfg, method)
+    run = Run(policy, scorer, problems, cfg, method)
     trees = [_Tree(i, s, keep) for i in range(len(problems)) for s in range(subtrees)]
     roots = [Trajectory(t.problem) for t in trees]
-    children = run.sample_steps(roots, first, 0, [f"{t.subtree}" for t in trees])
+    children = sample_steps(run, roots, first, 0, [f"{t.subtree}" for t in trees])
     for tree, root, kids in zip(trees, roots, children):
         tree.candidates = kids
         if not kids:                     # the root itself could not be expanded
@@ -74,7 +76,7 @@ def _search(llm, prm, problems, cfg: SearchConfig, method: str, subtrees: int, f
         if not active:
             break
         parents = [(t, j, beam) for t in active for j, beam in enumerate(t.live)]
-        kids = run.sample_steps([b for _, _, b in parents], cfg.beam_width, round_no,
+        kids = sample_steps(run, [b for _, _, b in parents], cfg.beam_width, round_no,
                                 [f"{t.subtree}.{j}" for t, j, _ in parents])
         for (tree, _, beam), ks in zip(parents, kids):
             if ks:

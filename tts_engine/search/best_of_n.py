@@ -8,21 +8,22 @@ from typing import Callable
 from tts_engine.sampling_params import SamplingParams
 from tts_engine.search.aggregate import RULES
 from tts_engine.search.common import STEP_END, ProblemResult, Run, SearchConfig, Trajectory
+from tts_engine.search.contract import Policy, Scorer
 from tts_engine.tasks.data import Problem
 
 
-def cot(llm, prm, problems: list[Problem], cfg: SearchConfig,
+def cot(policy: Policy, scorer: Scorer | None, problems: list[Problem], cfg: SearchConfig,
         on_result: Callable[[ProblemResult], None] | None = None) -> list[ProblemResult]:
-    return _whole(llm, None, problems, cfg, "cot", on_result)
+    return _whole(policy, None, problems, cfg, "cot", on_result)
 
 
-def best_of_n(llm, prm, problems: list[Problem], cfg: SearchConfig,
+def best_of_n(policy: Policy, scorer: Scorer, problems: list[Problem], cfg: SearchConfig,
               on_result: Callable[[ProblemResult], None] | None = None) -> list[ProblemResult]:
-    return _whole(llm, prm, problems, cfg, "bon", on_result)
+    return _whole(policy, scorer, problems, cfg, "bon", on_result)
 
 
-def _whole(llm, prm, problems, cfg, method, on_result) -> list[ProblemResult]:
-    run = Run(llm, prm, problems, cfg, method)
+def _whole(policy, scorer, problems, cfg, method, on_result) -> list[ProblemResult]:
+    run = Run(policy, scorer, problems, cfg, method)
     greedy = method == "cot"
     requests = []
     for i, prompt in enumerate(run.prompts):
@@ -34,7 +35,7 @@ def _whole(llm, prm, problems, cfg, method, on_result) -> list[ProblemResult]:
     for (i, _, _), out in zip(requests, run.generate(requests)):
         finals.append([Trajectory(i, list(c.token_ids), _split(c.text), [],
                                   "length" if c.finish_reason == "length" else "eos") for c in out.outputs])
-    if prm is not None:
+    if scorer is not None:
         run.score([t for ts in finals for t in ts])
     results = []
     for i, trajectories in enumerate(finals):

@@ -1,8 +1,9 @@
-"""What the strategies share: settings, results, per-problem seeds and work, and one batched round of
-step sampling and PRM scoring over trajectories of many problems.
+"""What the strategies share: settings, trajectories and results, and a `Run`: one strategy's pass
+over problems, with their prompts, per-problem seeds and work, the policy's and the scorer's
+batched calls (search/contract.py says what those may be) and each problem's graded result.
 
 A trajectory continues from the exact token ids its policy generated (the radix cache then always
-hits); its step texts go to the PRM, which scores only new steps. Seeds derive from (run seed,
+hits); its step texts go to the scorer, which scores only new steps. Seeds derive from (run seed,
 problem id, method, N, round, beam), so a problem's result does not depend on what else is batched
 with it.
 """
@@ -13,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 
 from tts_engine.sampling_params import SamplingParams
 from tts_engine.search.aggregate import RULES, choose
+from tts_engine.search.contract import Policy, Scorer
 from tts_engine.tasks.data import Problem
 from tts_engine.tasks.grading import extract_answer, grade
 from tts_engine.tasks.prompts import prompt_ids
+from tts_engine.work import Work
 
 STEP_END = "\n\n"
-WORK_KEYS = ("prompt_tokens", "cached_tokens", "computed_tokens", "generated_tokens", "flops", "saved_flops")
 
 
 @dataclass
@@ -61,8 +63,8 @@ class ProblemResult:
     candidates: list[Candidate]
     answers: dict[str, str | None]
     correct: dict[str, bool]
-    policy_work: dict[str, int]
-    prm_work: dict[str, int]
+    policy_work: Work
+    prm_work: Work
 
     def row(self) -> dict:
         return asdict(self)
@@ -73,104 +75,39 @@ def seed_for(run_seed: int, problem_id: str, method: str, n: int, round_no: int,
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
-def zero_work() -> dict[str, int]:
-    return dict.fromkeys(WORK_KEYS, 0)
-
-
-def add_work(total: dict[str, int], work: dict[str, int] | None) -> None:
-    for k in WORK_KEYS:
-        total[k] += (work or {}).get(k, 0)
-
-
 class Run:
     """One strategy's pass over a list of problems: their prompts, work and seeds."""
 
-    def __init__(self, llm, prm, problems: list[Problem], cfg: SearchConfig, method: str):
-        self.llm, self.prm, self.problems, self.cfg, self.method = llm, prm, problems, cfg, method
-        self.tokenizer = tok = llm.get_tokenizer()
+    def __init__(self, policy: Policy, scorer: Scorer | None, problems: list[Problem], cfg: SearchConfig,
+                 method: str):
+        self.policy, self.scorer, self.problems, self.cfg, self.method = policy, scorer, problems, cfg, method
+        self.tokenizer = tok = policy.get_tokenizer()
         self.prompts = [prompt_ids(tok, p.problem, cfg.prompt_style) for p in problems]
-        self.max_len = llm.engine.max_model_len
-        self.policy_work = [zero_work() for _ in problems]
-        self.prm_work = [zero_work() for _ in problems]
+        self.max_len = policy.max_model_len
+        self.policy_work = [Work() for _ in problems]
+        self.prm_work = [Work() for _ in problems]
 
     def seed(self, problem: int, round_no: int, beam: str) -> int:
         return seed_for(self.cfg.seed, self.problems[problem].id, self.method, self.cfg.n, round_no, beam)
 
     def generate(self, requests: list[tuple[int, list[int], SamplingParams]]):
         """requests: (problem, prompt ids, params). One batched call; work attributed per problem."""
-        outs = self.llm.generate([{"prompt_token_ids": ids} for _, ids, _ in requests],
-                                 [p for _, _, p in requests], use_tqdm=False)
+        outs = self.policy.generate([{"prompt_token_ids": ids} for _, ids, _ in requests],
+                                    [p for _, _, p in requests], use_tqdm=False)
         for (problem, _, _), out in zip(requests, outs):
-            add_work(self.policy_work[problem], out.work)
+            self.policy_work[problem] += out.work
         return outs
 
-    def sample_steps(self, parents: list[Trajectory], k: int, round_no: int, keys: list[str]
-                     ) -> list[list[Trajectory]]:
-        """k next steps for each parent (its own seed, from its key), filtered: length-truncated,
-        empty and duplicate steps are dropped. A parent left without children is sampled again
-        (cfg.resample times, with new seeds) and then closed: children [] and done = "closed"."""
-        children: list[list[Trajectory]] = [[] for _ in parents]
-        todo = list(range(len(parents)))
-        for attempt in range(self.cfg.resample + 1):
-            requests, owners = [], []
-            for i in todo:
-                p = parents[i]
-                prompt = self.prompts[p.problem] + p.tokens
-                room = self.max_len - len(prompt)
-                if room < 1:
-                    p.done = "context"
-                    continue
-                params = SamplingParams(n=k, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                        max_tokens=min(self.cfg.step_tokens, room), stop=[STEP_END],
-                                        include_stop_str_in_output=True,
-                                        seed=self.seed(p.problem, round_no, f"{keys[i]}/{attempt}"))
-                requests.append((p.problem, prompt, params))
-                owners.append(i)
-            for i, out in zip(owners, self.generate(requests) if requests else []):
-                children[i] = self._children(parents[i], out.outputs)
-            todo = [i for i in owners if not children[i]]
-            if not todo:
-                break
-        for i in todo:
-            parents[i].done = "closed"
-        return children
-
-    def _children(self, parent: Trajectory, completions) -> list[Trajectory]:
-        out, seen = [], set()
-        for c in completions:
-            if c.finish_reason == "length" or not c.text.strip() or c.text in seen:
-                continue
-            seen.add(c.text)
-            done = None
-            if c.stop_reason is None:          # stopped by EOS (or a stop token): the path ends
-                done = "eos"
-            elif "\\boxed" in c.text:
-                done = "answer"
-            elif len(parent.steps) + 1 >= self.cfg.max_steps:
-                done = "max_steps"
-            out.append(Trajectory(parent.problem, parent.tokens + self._step_tokens(c),
-                                  parent.steps + [c.text], list(parent.scores), done))
-        return out
-
-    def _step_tokens(self, c) -> list[int]:
-        """A step's token ids. When the stop string ended inside the last token (a vocabulary that
-        merges "\n\n" with the text after it), those ids hold text beyond the step: the step's own
-        text is encoded again instead, so that the next step starts where this one's text ends."""
-        ids = list(c.token_ids)
-        if isinstance(c.stop_reason, str) and self.tokenizer.decode(ids, skip_special_tokens=True) != c.text:
-            return self.tokenizer.encode(c.text, add_special_tokens=False)
-        return ids
-
     def score(self, trajectories: list[Trajectory]) -> None:
-        """The PRM's step scores for each trajectory (one batched call; it computes only new steps)."""
+        """The scorer's step scores for each trajectory (one batched call; it computes only new steps)."""
         scorable = [t for t in trajectories if t.steps]
         if not scorable:
             return
-        scores, works = self.prm.score([self.problems[t.problem].problem for t in scorable],
-                                       [t.steps for t in scorable], return_work=True)
+        scores, works = self.scorer.score_with_work([self.problems[t.problem].problem for t in scorable],
+                                                    [t.steps for t in scorable])
         for t, s, w in zip(scorable, scores, works):
             t.scores = s
-            add_work(self.prm_work[t.problem], w)
+            self.prm_work[t.problem] += w
 
     def result(self, problem: int, finals: list[Trajectory], rules=RULES) -> ProblemResult:
         candidates = []

@@ -1,0 +1,25 @@
+"""What computing something cost: tokens and FLOPs, computed and saved. The engine gives one per
+request, the PRM one per scored trajectory, and a search adds them up per problem."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class Work:
+    # Prompt tokens of each sample of a request count: cached + computed = prompt tokens (computed
+    # also holds what a preemption made the engine compute again).
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    computed_tokens: int = 0
+    generated_tokens: int = 0
+    flops: int = 0                # forward FLOPs of what was computed, heads included (flops.py)
+    saved_flops: int = 0          # what the cached prompt prefixes would have cost
+
+    def __add__(self, other: Work) -> Work:
+        return Work(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def __iadd__(self, other: Work) -> Work:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
