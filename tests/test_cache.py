@@ -61,3 +61,50 @@ def test_split_keeps_locks():
     assert cache.evict(100) == 0
     cache.unlock(node)
     assert cache.evict(100) == 4
+
+
+def test_a_match_from_a_known_prefix_is_the_match_from_the_root():
+    """match_prefix(tokens, after=Prefix) on random trees of prompts that extend one another: the
+    longest cached prefix (by brute force over the tree's paths) and the very node a walk from the
+    root finds, whether the Prefix is right, points at tokens the list does not start with, or at
+    a node evicted since; and evicting a leaf makes its parent at least as recent (a match that
+    starts below a node does not stamp it)."""
+    import random
+
+    from tts_engine.engine.cache import Prefix
+    rng = random.Random()
+
+    def longest(cache, tokens):
+        paths = [[t for n in cache.path(node) for t in n.key] for node in cache._nodes()]
+        return max(len(p) for p in paths if p == tokens[:len(p)])
+
+    for _ in range(30):
+        alloc, cache = make(4096)
+        prefixes = []
+        for _ in range(40):
+            if prefixes and rng.random() < 0.8:
+                after = rng.choice(prefixes)
+                tokens = after.tokens[:rng.randint(0, len(after.tokens))] + [
+                    rng.randint(0, 3) for _ in range(rng.randint(1, 6))]
+                if rng.random() < 0.2:                  # a list that does not start with the Prefix's tokens
+                    tokens[rng.randrange(len(tokens))] = 9
+            else:
+                after, tokens = None, [rng.randint(0, 3) for _ in range(rng.randint(1, 8))]
+            limit = rng.choice([None, rng.randint(0, len(tokens))])
+            got = cache.match_prefix(tokens, limit, after=after)
+            assert got is cache.match_prefix(tokens, limit)
+            assert got.depth == longest(cache, tokens[:limit])
+            node = cache.match_prefix(tokens)
+            _, node = cache.insert(tokens[node.depth:], alloc.alloc(len(tokens) - node.depth), node)
+            prefixes.append(Prefix(node, tokens))
+            if rng.random() < 0.2:
+                cache.evict(rng.randint(1, 20))
+    alloc, cache = make(16)
+    _, leaf = cache.insert([1, 2, 3, 4], alloc.alloc(4))
+    cache.insert([1, 2, 7], cache.path_slots(cache.match_prefix([1, 2])) + alloc.alloc(1))
+    parent = leaf.parent
+    cache.match_prefix([1, 2, 3, 4, 5], after=Prefix(leaf, [1, 2, 3, 4]))   # stamps the leaf only
+    assert leaf.last_access > parent.last_access
+    cache.evict(1)                                  # [7], the least recent, goes first
+    cache.evict(2)
+    assert leaf.parent is None and parent.parent is not None and parent.last_access >= leaf.last_access

@@ -166,7 +166,17 @@ def test_step_by_step_scoring_computes_only_the_new_steps(family):
     fresh = PRM(str(folder), dtype="float32", device="cpu", kv_cache_tokens=8192)
     at_once = fresh.score(question, [steps])[0]
     prm = PRM(str(folder), dtype="float32", device="cpu", kv_cache_tokens=8192)
-    walked = [prm.score(question, [steps[:k]])[0] for k in range(1, 11)]
+    cache, hints = prm.engine.scheduler.cache, []
+    match = cache.match_prefix
+    with pytest.MonkeyPatch.context() as m:    # (the hints each round's admission gets)
+        m.setattr(cache, "match_prefix", lambda tokens, limit=None, after=None: (
+            hints.append(after is not None and after.node.parent is not None and
+                         tokens[:after.node.depth] == after.tokens[:after.node.depth]),
+            match(tokens, limit, after))[1])
+        walked = [prm.score(question, [steps[:k]])[0] for k in range(1, 11)]
+    # where a trajectory is written from the one before, its admission starts from where that one
+    # ended in the tree (a valid hint, every round after the first)
+    assert hints == [False] + [prm.family.extendable] * 9
     # (a score cache of 2 tags: the earlier tags' scores come with the trajectory it extends; and
     # only the newest written trajectory kept)
     forgetful = PRM(str(folder), dtype="float32", device="cpu", kv_cache_tokens=8192, score_cache_size=2)

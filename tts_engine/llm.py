@@ -16,7 +16,8 @@ from tts_engine.config import EngineConfig
 from tts_engine.engine.engine import Engine
 from tts_engine.engine.sequence import Request
 from tts_engine.outputs import CompletionOutput, Logprob, RequestOutput
-from tts_engine.sampling_params import SamplingParams, check_unicode
+from tts_engine.sampling_params import SamplingParams
+from tts_engine.text import check_unicode
 from tts_engine.tokenizer import Tokenizer
 
 # vLLM constructor arguments accepted only at the value that means "nothing to do" here

@@ -1,7 +1,7 @@
 """PRM: process reward models on the engine, scoring only what is new.
 
 `PRM(path).score(questions, trajectories)` gives one score in [0, 1] per step. Each family writes
-(question, steps) as its model card does (../shared/docs/tts-algorithms.md section 4) and reads its
+(question, steps) as its model card does (the README's table of PRM families) and reads its
 head at the step tags:
 
 - math-shepherd: question + " " + each step + " ки\\n"; softmax over the "+" / "-" logits at each
@@ -37,15 +37,15 @@ from dataclasses import dataclass
 import torch
 
 from tts_engine.config import EngineConfig
+from tts_engine.engine.cache import Prefix
 from tts_engine.engine.engine import Engine
 from tts_engine.loader import find_checkpoint, tensor_names
 from tts_engine.models.heads import ClassificationHead, LMHead, ValueHead
-from tts_engine.sampling_params import check_unicode
+from tts_engine.text import QWEN_MATH, check_unicode
 from tts_engine.tokenizer import Tokenizer
 from tts_engine.work import Work
 
 KINDS = ("math-shepherd", "rlhflow", "skywork", "qwen2.5-math-prm")
-QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 RLHFLOW_PLACEHOLDER = "<|reserved_special_token_0|>"
 
 
@@ -174,7 +174,7 @@ class QwenMathPRM(Family):
             self.extendable = False
 
     def _text(self, question, steps):
-        chat = [{"role": "system", "content": QWEN_MATH_SYSTEM}, {"role": "user", "content": question},
+        chat = [{"role": "system", "content": QWEN_MATH}, {"role": "user", "content": question},
                 {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"}]
         return self.tok.apply_chat_template(chat, tokenize=False)
 
@@ -266,17 +266,19 @@ class PRM:
         known = [w.scores if w.scores is not None else w.prior for w in written]
         rests = [w.digests[len(have):] for w, have in zip(written, known)]     # the other tags' digests
         pending: set[bytes] = set()
-        prompts, positions, encoded_by = [], [], []
+        prompts, positions, after, encoded_by = [], [], [], []
         for w, have, digests in zip(written, known, rests):
             new = [(p, d) for p, d in zip(w.positions[len(have):], digests)
                    if d not in self._scores and d not in pending]
             encoded_by.append(len(prompts) if new else None)
             if new:
                 pending.update(d for _, d in new)
-                prompts.append(w.ids[:new[-1][0] + 1])
+                end = new[-1][0] + 1
+                prompts.append(w.ids if end == len(w.ids) else w.ids[:end])
                 positions.append(new)
+                after.append(w.after)
         encoded = self.engine.encode(prompts, [[p for p, _ in new] for new in positions],
-                                     ids_from_tokenizer=True) if prompts else []
+                                     ids_from_tokenizer=True, after=after) if prompts else []
         new_scores = {}
         if encoded:
             columns = self.family.columns
@@ -294,6 +296,7 @@ class PRM:
             out.append(list(w.scores))
             work = Work()
             if index is not None:
+                w.prefix = encoded[index].prefix
                 work = encoded[index].work
                 work.flops += self.engine.head_flops(len(positions[index]), self.family.columns)
             works.append(work)
@@ -307,11 +310,14 @@ class PRM:
             raise ValueError(f"a question must be a string, got {type(question).__name__}")
         if not steps:
             raise ValueError("a trajectory has no steps (an empty list)")
-        if any(not isinstance(s, str) for s in steps):
-            bad = next(s for s in steps if not isinstance(s, str))
-            raise ValueError(f"steps must be strings, got {type(bad).__name__}")
         keep = self.family.extendable
-        key = (question, tuple(steps))
+        try:
+            key = (question, tuple(steps))
+            hash(key)
+        except TypeError:
+            key = None
+        if key is None:                 # (a step that is not a string: refused here)
+            self._checked(steps, 0)
         if key in self._written:
             self._written.move_to_end(key)
             return self._written[key]
@@ -334,7 +340,7 @@ class PRM:
             raise ValueError(f"a trajectory needs {positions[-1] + 1} tokens up to its last step tag but "
                              f"the PRM's context is {self.engine.max_model_len} (the question alone has "
                              f"{len(self.engine.tokenizer.encode(question))} tokens)")
-        w = _Written(ids, positions, digests, hasher, prior)
+        w = _Written(ids, positions, digests, hasher, prior, base.prefix if base is not None else None)
         if not keep:
             return w
         self._written[key] = w
@@ -346,6 +352,9 @@ class PRM:
     @staticmethod
     def _checked(steps: list[str], first: int) -> list[str]:
         """Steps stripped and checked; first: the index of steps[0] in its trajectory."""
+        bad = next((s for s in steps if not isinstance(s, str)), None)
+        if bad is not None:
+            raise ValueError(f"steps must be strings, got {type(bad).__name__}")
         stripped = [s.strip() for s in steps]
         if any(not s for s in stripped):
             raise ValueError(f"step {first + stripped.index('') + 1} of a trajectory is empty")
@@ -393,7 +402,9 @@ class _Written:
     digests: list[bytes]
     hasher: "hashlib.blake2b"
     prior: list[float]
+    after: Prefix | None = None         # where the trajectory it extends ended in the engine's tree
     scores: list[float] | None = None
+    prefix: Prefix | None = None        # where it ended there itself, once encoded
 
 
 def _digests(ids: list[int], positions: list[int], hasher=None, done: int = 0):

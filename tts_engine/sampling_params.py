@@ -10,6 +10,8 @@ import copy
 import math
 from dataclasses import MISSING, dataclass, field, fields
 
+from tts_engine.text import check_unicode
+
 # vLLM fields this engine does not implement, with the value that means "off".
 NOT_SUPPORTED = {"best_of": None, "logits_processors": None, "truncate_prompt_tokens": None,
                  "guided_decoding": None, "structured_outputs": None, "logit_bias": None,
@@ -116,11 +118,3 @@ def _number(name: str, value, ok, bounds: str) -> None:
     if not number or not math.isfinite(value) or not ok(value):
         raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}")
 
-
-def check_unicode(what: str, text: str) -> None:
-    """Text that cannot be encoded as UTF-8 (a lone surrogate) cannot be tokenized."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"{what} is not valid Unicode: {e.reason} {text[e.start:e.end]!r} "
-                         f"at index {e.start}") from None

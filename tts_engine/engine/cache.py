@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from dataclasses import dataclass
 
 
 class SlotAllocator:
@@ -57,6 +58,16 @@ class Node:
         self.last_access = 0
 
 
+@dataclass
+class Prefix:
+    """Where a token list's cached path ended: `node`, whose path from the root holds
+    tokens[:node.depth]. It stays true while the node is in the tree (a split keeps the node as
+    the lower part, with the same depth), so a later list that starts with those tokens can be
+    matched from `node` on instead of from the root (`match_prefix`'s `after`)."""
+    node: Node
+    tokens: list[int]
+
+
 class RadixCache:
     def __init__(self, allocator: SlotAllocator):
         self.allocator = allocator
@@ -73,17 +84,27 @@ class RadixCache:
         self.work = 0                   # heap entries examined (tests bound eviction work with it)
 
     # ------------------------------------------------------------ lookup
-    def match_prefix(self, tokens: list[int]) -> Node:
-        """The node where the longest cached prefix of `tokens` ends (split so that the boundary
-        is exact: its depth is the prefix's length)."""
+    def match_prefix(self, tokens: list[int], limit: int | None = None, after: Prefix | None = None) -> Node:
+        """The node where the longest cached prefix of tokens[:limit] ends (split so that the
+        boundary is exact: its depth is the prefix's length). after: a Prefix that tokens may
+        extend; when its node is still in the tree and tokens start with its tokens (one
+        comparison in C), the walk starts there, so a long prompt that extends a cached one
+        costs its new part, not a visit of every node on its path. (The nodes above are not
+        stamped as used then: `evict` makes a parent as recent as the children it loses.)"""
         node, i = self.root, 0
         now = next(self._clock)
         node.last_access = now
-        while i < len(tokens):
+        end = len(tokens) if limit is None else min(limit, len(tokens))
+        if after is not None and after.node.parent is not None and after.node.depth <= end:
+            d, known = after.node.depth, after.tokens
+            if tokens[:d] == (known if len(known) == d else known[:d]):
+                node, i = after.node, d
+                node.last_access = now
+        while i < end:
             child = node.children.get(tokens[i])
             if child is None:
                 break
-            n = _common_len(child.key, tokens, i)
+            n = _common_len(child.key, tokens, i, end)
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_access = now
@@ -189,6 +210,8 @@ class RadixCache:
             parent = leaf.parent
             del parent.children[leaf.key[0]]
             leaf.parent = None          # marks it gone for its other heap entries
+            # a prefix was used whenever its extension was (a match may start below it)
+            parent.last_access = max(parent.last_access, leaf.last_access)
             self._offer(parent)
         return freed
 
@@ -227,8 +250,9 @@ class RadixCache:
             stack.extend(n.children.values())
 
 
-def _common_len(key: list[int], tokens: list[int], start: int) -> int:
-    n = min(len(key), len(tokens) - start)
+def _common_len(key: list[int], tokens: list[int], start: int, end: int | None = None) -> int:
+    """How many leading tokens of key equal tokens[start:end]."""
+    n = min(len(key), (len(tokens) if end is None else end) - start)
     if key[:n] == tokens[start:start + n]:
         return n
     i = 0

@@ -31,6 +31,7 @@ import torch
 
 from tts_engine.config import EngineConfig
 from tts_engine.engine.build import build
+from tts_engine.engine.cache import Prefix
 from tts_engine.engine.logits_process import needs_processing
 from tts_engine.engine.logprobs import prompt_logprobs
 from tts_engine.engine.output import OutputProcessor
@@ -93,14 +94,18 @@ class Engine:
         """A checked request (requests.RequestMaker); `add` queues it."""
         return self.requests(prompt_token_ids, params, prompt, hidden_positions, generates)
 
-    def encode(self, prompts: list[list[int]], positions: list[list[int]],
-               ids_from_tokenizer: bool = False) -> list[Encoded]:
+    def encode(self, prompts: list[list[int]], positions: list[list[int]], ids_from_tokenizer: bool = False,
+               after: list[Prefix | None] | None = None) -> list[Encoded]:
         """The final hidden states of each prompt at its positions, and what computing them cost.
         The longest cached prefix before a prompt's first position is reused and the prompt stays
         cached, so a prompt that extends an encoded one computes only its new tokens. Everything
-        is checked before anything is queued. ids_from_tokenizer: the caller wrote every id with
-        this engine's tokenizer, so when its vocabulary fits the model's they are not checked one
-        by one (a PRM's prompts are whole trajectories, every round)."""
+        is checked before anything is queued. The prompts' lists are kept, not copied (each
+        Encoded.prefix refers to its prompt): the caller must never change them afterwards.
+        ids_from_tokenizer: the caller wrote every id with this engine's tokenizer, so when its
+        vocabulary fits the model's they are not checked one by one (a PRM's prompts are whole
+        trajectories, every round). after: for each prompt, the `prefix` of an earlier Encoded
+        that it may extend (checked: a wrong one only costs a comparison), so that finding its
+        cached prefix does not walk the whole path."""
         if len(positions) != len(prompts):
             raise ValueError(f"got {len(positions)} position lists for {len(prompts)} prompts")
         requests = []
@@ -110,11 +115,13 @@ class Engine:
                                  f"got {pos!r:.80}")
             requests.append(self.requests(ids, _ENCODE, hidden_positions=pos, generates=False,
                                           trusted=ids_from_tokenizer and self.tokenizer_fits))
+        for r, prefix in zip(requests, after or ()):
+            r.seqs[0].after = prefix
         for r in requests:
             self.add(r)
         self.run()
-        return [Encoded(torch.stack([r.seqs[0].hidden_states[p] for p in pos]), r.work())
-                for r, pos in zip(requests, positions)]
+        return [Encoded(torch.stack([r.seqs[0].hidden_states[p] for p in pos]), r.work(),
+                        r.seqs[0].published) for r, pos in zip(requests, positions)]
 
     def apply_head(self, hidden: torch.Tensor, columns: list[int] | None = None) -> torch.Tensor:
         """The model's head on hidden states (of the LM head, only these token ids' columns, when
@@ -272,6 +279,7 @@ def tokenizer_fits(tokenizer, vocab_size: int) -> bool:
 class Encoded:
     hidden: torch.Tensor        # [positions, hidden size], after the final norm
     work: Work
+    prefix: Prefix | None       # where the prompt ended in the radix tree (for `encode`'s after)
 
 
 _ENCODE = SamplingParams(max_tokens=1)

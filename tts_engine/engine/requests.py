@@ -49,7 +49,9 @@ class RequestMaker:
                              f"{max_tokens}) but kv_cache_tokens={self.kv_cache_tokens}")
         if generates and params.prompt_logprobs is not None:
             hidden_positions = list(range(len(ids) - 1))
-        request = Request(self._next_request, prompt, list(ids), params)
+        # (an encode-only request never grows its tokens: it keeps the caller's list, as
+        # Engine.encode documents, so a long prompt is not copied twice more every round)
+        request = Request(self._next_request, prompt, list(ids) if generates else ids, params)
         self._next_request += 1
         for k in range(params.n):
             seed = params.seed + k if params.seed is not None else self._rng.getrandbits(63)

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from tts_engine.config import EngineConfig
-from tts_engine.engine.cache import Node, RadixCache, SlotAllocator
+from tts_engine.engine.cache import Node, Prefix, RadixCache, SlotAllocator
 from tts_engine.engine.sequence import Sequence, Status
 from tts_engine.engine.stats import EngineStats
 
@@ -205,7 +205,7 @@ class Scheduler:
         """Match the longest cached prefix and lock it. At least the last token is always computed,
         since its logits are needed to sample the next token."""
         if self.enable_prefix_caching:
-            node = self.cache.match_prefix(seq.token_ids[:seq.cache_limit])
+            node = self.cache.match_prefix(seq.token_ids, seq.cache_limit, seq.after)
         else:
             node = self.cache.root
         self.cache.lock(node)
@@ -285,6 +285,7 @@ class Scheduler:
         """Hand the sequence's K/V to the cache (or free it) and drop its lock."""
         if keep_tokens and self.enable_prefix_caching:
             self.publish(seq)                          # afterwards no slot of seq is private
+            seq.published = Prefix(seq.node, seq.token_ids)
         self.allocator.free(seq.own)
         self.cache.unlock(seq.node)
         self.free_rows.append(seq.row)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tts_engine.engine.cache import Node, RadixCache
+from tts_engine.engine.cache import Node, Prefix, RadixCache
 from tts_engine.sampling_params import SamplingParams
 from tts_engine.work import Work
 
@@ -24,7 +24,7 @@ class Sequence:
                  params: SamplingParams, seed: int, hidden_positions: list[int] | None = None,
                  generates: bool = True, max_tokens: int | None = None):
         self.seq_id, self.request_id, self.index = seq_id, request_id, index
-        self.token_ids = list(prompt_token_ids)
+        self.token_ids = list(prompt_token_ids) if generates else prompt_token_ids   # (grows if it generates)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.params = params
         self.max_tokens = max_tokens or params.max_tokens   # params.max_tokens=None: set by the engine
@@ -42,6 +42,8 @@ class Sequence:
         self.num_computed = 0            # tokens whose K/V are written (or being written this step)
         self.num_tree = 0
         self.node: Node | None = None
+        self.after: Prefix | None = None     # a cached prefix its tokens extend (Engine.encode)
+        self.published: Prefix | None = None  # where its tokens ended in the tree when it finished
         # While running, the sequence owns row `row` of the runner's slot table (the runner keeps
         # its entries equal to `slots`).
         self.row: int | None = None

@@ -3,6 +3,8 @@ Qwen-Math chain-of-thought instruction, through the policy's own chat template; 
 chat template gets the problem and the instruction as plain text."""
 from __future__ import annotations
 
+from tts_engine.text import QWEN_MATH
+
 LLAMA3_MATH = (
     "Solve the following math problem efficiently and clearly:\n\n- For simple problems (2 steps or fewer):\n"
     "Provide a concise solution with minimal explanation.\n\n- For complex problems (3 steps or more):\n"
@@ -12,7 +14,6 @@ LLAMA3_MATH = (
     "Regardless of the approach, always conclude with:\n\n"
     "Therefore, the final answer is: $\\boxed{answer}$. I hope it is correct.\n\n"
     "Where [answer] is just the final number or expression that solves the problem.")
-QWEN_MATH = "Please reason step by step, and put your final answer within \\boxed{}."
 STYLES = ("auto", "llama3", "qwen", "plain")
 
 
