@@ -147,6 +147,10 @@ def test_interrupted_generate_leaves_engine_consistent(tiny_llama, overlap):
 def test_encode_rejects_bad_positions_without_queueing_anything(llm):
     with pytest.raises(ValueError, match="positions must be"):
         llm.encode([[5, 6, 7], [8, 9]], positions=[[0, 2], [5]])
+    with pytest.raises(ValueError, match="1 position lists for 2 prompts"):
+        llm.encode([[5, 6, 7], [8, 9]], positions=[[0, 2]])
+    with pytest.raises(ValueError, match="1 prefixes for 2 prompts"):
+        llm.engine.encode([[5, 6, 7], [8, 9]], [[0], [1]], after=[None])
     assert not llm.engine.scheduler.has_work()
 
 

@@ -24,8 +24,10 @@ text after an <extra_0> tag tokenizes the same alone, checked on probe steps at 
 also keeps how it wrote each trajectory (`_Written`: token ids, tag positions, digests, the hash
 state at the last tag, and its scores once scored, kept apart from `score_cache_size`), so a
 trajectory that is a written one plus new steps, as every round of a step search sends, is
-written and hashed from its new steps only (`Family.extend`). The other two tokenize the whole
-text at once, where a step's tokens may depend on the text around it, and are written whole.
+written and hashed from its new steps only (`Family.extend`), and the engine matches it against
+its radix tree from where the trajectory it extends ended (`Engine.encode`'s `after`): a round's
+host work grows with its new steps, not with depth. The other two tokenize the whole text at
+once, where a step's tokens may depend on the text around it, and are written whole.
 """
 from __future__ import annotations
 

@@ -106,8 +106,9 @@ class Engine:
         trajectories, every round). after: for each prompt, the `prefix` of an earlier Encoded
         that it may extend (checked: a wrong one only costs a comparison), so that finding its
         cached prefix does not walk the whole path."""
-        if len(positions) != len(prompts):
-            raise ValueError(f"got {len(positions)} position lists for {len(prompts)} prompts")
+        for name, given in (("position lists", positions), ("prefixes", after)):
+            if given is not None and len(given) != len(prompts):
+                raise ValueError(f"got {len(given)} {name} for {len(prompts)} prompts")
         requests = []
         for ids, pos in zip(prompts, positions):
             if not pos or any(not isinstance(p, int) or not 0 <= p < len(ids) for p in pos):
