@@ -108,3 +108,16 @@ def test_a_match_from_a_known_prefix_is_the_match_from_the_root():
     cache.evict(1)                                  # [7], the least recent, goes first
     cache.evict(2)
     assert leaf.parent is None and parent.parent is not None and parent.last_access >= leaf.last_access
+
+
+def test_a_prefix_into_a_cleared_tree_is_not_followed():
+    """After clear() (reset_prefix_cache, or an interrupted run's abort) the slots are free for
+    anyone: a Prefix kept from before must not start a match on its old node."""
+    from tts_engine.engine.cache import Prefix
+    alloc, cache = make(16)
+    _, node = cache.insert([1, 2, 3], alloc.alloc(3))
+    before = Prefix(node, [1, 2, 3])
+    cache.clear()
+    assert cache.match_prefix([1, 2, 3, 4], after=before) is cache.root
+    _, again = cache.insert([1, 2, 3], alloc.alloc(3))
+    assert cache.match_prefix([1, 2, 3, 4], after=before) is again

@@ -197,6 +197,13 @@ def test_step_by_step_scoring_computes_only_the_new_steps(family):
     assert (w.ids, w.positions, w.digests) == (*whole, _digests(*whole)[0])
     st = prm.stats()
     assert st["computed_prompt_tokens"] <= 1.2 * length, (st, length)
+    # the engine's cache cleared under the PRM (its written trajectories kept): no stale hint
+    prm.engine.reset_prefix_cache()
+    prm._scores.clear()
+    prm.score("Another question, whose tokens take the freed slots.", [steps[::-1]])
+    longer = [steps + ["Step 10: done"]]
+    got, want = prm.score(question, longer)[0], fresh.score(question, longer)[0]
+    assert max(abs(a - b) for a, b in zip(got, want)) < 1e-5
 
 
 def test_a_causal_lm_without_tags_asks_for_kind(tiny_llama):

@@ -235,9 +235,10 @@ class RadixCache:
 
     def clear(self) -> None:
         """Drop every cached entry and give all their slots back (no sequence may hold locks)."""
-        for n in self._nodes():
+        for n in list(self._nodes()):
             if n is not self.root:
                 self.allocator.free(n.slots)
+                n.parent = None         # gone: a Prefix that names it is not followed
         self.root.children.clear()
         self.num_cached = self.num_nodes = 0
         self._heap = []
