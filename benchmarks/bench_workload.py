@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from bench_kernels import copy_bandwidth
-from tts_engine.random_model import LLAMA_3_2_1B, QWEN2_5_1_5B, save_random_model
+from random_model import LLAMA_3_2_1B, QWEN2_5_1_5B, save_random_model
 from tts_engine.replica import Replica, Settings, Unit
 from tts_engine.search import SearchConfig
 from tts_engine.tasks.data import Problem

@@ -21,7 +21,7 @@ LAYERS = [
     ("tts_engine.models", 2),
     ("tts_engine.kernels", 1),
     ("tts_engine._C", 0), ("tts_engine.config", 0), ("tts_engine.loader", 0), ("tts_engine.tokenizer", 0),
-    ("tts_engine.flops", 0), ("tts_engine.sampling_params", 0), ("tts_engine.random_model", 0),
+    ("tts_engine.flops", 0), ("tts_engine.sampling_params", 0),
 ]
 
 
