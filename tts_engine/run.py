@@ -39,8 +39,7 @@ from tts_engine.prm import KINDS
 from tts_engine.replica import Replica, Settings, Unit, model_name
 from tts_engine.report import headline, plot, summarize, table
 from tts_engine.search import SearchConfig
-from tts_engine.search.compute_optimal import apply_table, calibration, choose_table
-from tts_engine.search.difficulty import bin_of
+from tts_engine.study.analysis import apply_table, bin_of, calibration, choose_table
 from tts_engine.study.checks import (MAX_N, UsageError, check_dataset, check_device, check_model,
                                      check_options, check_out, check_pretrain_tokens, lock_out)
 from tts_engine.study.manifest import Manifest, dataset_identity, model_identity, reconcile, settings_of
