@@ -114,7 +114,7 @@ def test_unknown_method_exits_2(study_inputs, tmp_path):
 
 
 def test_plot_takes_intervals_that_touch_zero_and_one(tmp_path):
-    from tts_engine.report import plot, wilson
+    from tts_engine.study.report import plot, wilson
     rows = [{"policy": "p", "prm": None, "method": "cot", "n": 1, "aggregation": "majority",
              "difficulty": "all", "problems": 7, "accuracy": k / 7, "accuracy_ci95": wilson(k, 7),
              "flops_inference": 1e9 * (k + 1)} for k in (0, 7)]
