@@ -38,9 +38,9 @@ from collections import defaultdict
 
 import torch
 
+from random_model import save_random_model
 from tts_engine import LLM, SamplingParams
 from tts_engine.engine.detokenizer import IncrementalDetokenizer
-from tts_engine.random_model import save_random_model
 
 PHASES = ("schedule", "plan", "prepare", "detokenize", "postprocess", "host", "device", "forward", "wall")
 

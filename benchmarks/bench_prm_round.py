@@ -27,8 +27,8 @@ from collections import defaultdict
 
 import torch
 
+from random_model import QWEN2_5_1_5B, save_random_model
 from tts_engine import PRM
-from tts_engine.random_model import QWEN2_5_1_5B, save_random_model
 
 PHASES = ("write", "digests", "request", "engine", "total")
 

@@ -13,8 +13,8 @@ import time
 
 import torch
 
+from random_model import save_random_model
 from tts_engine import LLM, SamplingParams
-from tts_engine.random_model import save_random_model
 
 
 def timed_sampler(spent: list[float]) -> None:

@@ -13,7 +13,7 @@ method it prints:
   back; on the CPU its wall time), the device's idle ms (wall minus that: host work the overlapped
   loop did not hide), and host-device syncs (torch.cuda.set_sync_debug_mode);
 - KV pool tokens and peak use, torch.cuda.max_memory_reserved, the Triton cache's size;
-- the roofline of shared/docs/engine-anchors.md section 7 for the policy's decode steps, from what
+- a roofline for the policy's decode steps (what a memory-bound step must read), from what
   they read: weights (the LM head in full, embedding rows gathered) plus either every sequence's
   whole context (plain paged) or each KV slot once (a perfect shared-prefix read), at the measured
   device-to-device copy bandwidth; and the measured rate as a share of the shared-once bound.
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from bench_kernels import copy_bandwidth
-from tts_engine.random_model import LLAMA_3_2_1B, QWEN2_5_1_5B, save_random_model
+from random_model import LLAMA_3_2_1B, QWEN2_5_1_5B, save_random_model
 from tts_engine.replica import Replica, Settings, Unit
 from tts_engine.search import SearchConfig
 from tts_engine.tasks.data import Problem

@@ -29,7 +29,7 @@ def test_engine_triton_backend_matches_torch_backend(tmp_path):
 
 
 def _tiny_model(folder: str, max_pos: int = 512) -> str:
-    from tts_engine.random_model import save_random_model
+    from random_model import save_random_model
     save_random_model(folder, dict(architectures=["LlamaForCausalLM"], vocab_size=384, hidden_size=64,
                                    intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, max_position_embeddings=max_pos),

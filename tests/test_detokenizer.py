@@ -115,7 +115,7 @@ def test_waking_only_on_triggers_matches_as_decoding_every_token(tmp_path, kind,
     import torch
 
     import tts_engine.engine.output as output
-    from tts_engine.random_model import save_random_model
+    from random_model import save_random_model
     tok = _tokenizer(kind)
     config = dict(architectures=["LlamaForCausalLM"], vocab_size=tok.get_vocab_size(), hidden_size=16,
                   intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,

@@ -151,6 +151,10 @@ def test_encode_rejects_bad_positions_without_queueing_anything(llm):
         llm.encode([[5, 6, 7], [8, 9]], positions=[[0, 2]])
     with pytest.raises(ValueError, match="1 prefixes for 2 prompts"):
         llm.engine.encode([[5, 6, 7], [8, 9]], [[0], [1]], after=[None])
+    with pytest.raises(ValueError, match="positions must be a non-empty list of integers"):
+        llm.encode([[5, 6, 7]], positions=[[True]])
+    with pytest.raises(ValueError, match="after must hold"):
+        llm.engine.encode([[5, 6, 7]], [[0]], after=[[5, 6]])
     assert not llm.engine.scheduler.has_work()
 
 

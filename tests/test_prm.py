@@ -283,7 +283,7 @@ def test_ids_are_checked_when_the_tokenizer_outgrows_the_model(tmp_path):
     fits the model's vocabulary; a model smaller than its tokenizer gets each id checked."""
     import torch
 
-    from tts_engine.random_model import QWEN2_5_1_5B, save_random_model
+    from random_model import QWEN2_5_1_5B, save_random_model
     tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                 num_key_value_heads=1, head_dim=8)
     fits, small = tmp_path / "fits", tmp_path / "small"

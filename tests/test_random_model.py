@@ -7,8 +7,8 @@ import statistics
 
 import torch
 
+from random_model import LLAMA_3_2_1B, QWEN2_5_1_5B, save_random_model
 from tts_engine import LLM, PRM, SamplingParams
-from tts_engine.random_model import LLAMA_3_2_1B, QWEN2_5_1_5B, save_random_model
 
 TINY = dict(num_hidden_layers=2, hidden_size=128, intermediate_size=256, vocab_size=1024,
             num_attention_heads=4, num_key_value_heads=2, head_dim=32)

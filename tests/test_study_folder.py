@@ -190,7 +190,7 @@ def test_the_store_keeps_whole_units_only(tmp_path):
 
 def test_progress_names_the_running_unit_and_counts_planned_samples(tmp_path):
     from tts_engine.replica import Unit
-    from tts_engine.run import Progress
+    from tts_engine.study.progress import Progress
     from tts_engine.search import SearchConfig
     from tts_engine.tasks.data import Problem
     problems = tuple(Problem(f"q{i}", "1 + 1?", "2") for i in range(3))

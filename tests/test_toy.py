@@ -213,7 +213,6 @@ def test_slice_large_cot_beats_small_cot_at_more_total_flops(toy_slice):
     # total FLOPs as the paper's Table 4 counts them: the policy's pre-training plus inference
     assert all(s["flops_total_with_prm"] > s["flops_total"] > s["flops_inference"] for s in search)
     assert all(s["flops_total"] < large["flops_total"] for s in search)
-    assert summary["compute_optimal"] and os.path.getsize(out / "accuracy_vs_flops.png") > 0
 
 
 def test_slice_prm_guided_search_beats_the_large_cot(toy_slice):
@@ -225,6 +224,22 @@ def test_slice_prm_guided_search_beats_the_large_cot(toy_slice):
     assert any(s["accuracy"] > large["accuracy"] and s["flops_total"] < large["flops_total"] for s in guided)
     best = {n: max(s["accuracy"] for s in guided if s["n"] == n) for n in (4, 16)}
     assert best[16] > best[4]
+
+
+def test_slice_compute_optimal_reports_the_held_out_half_by_its_estimated_bins(toy_slice):
+    """Each choice is a searched method and rule; at each N, compute-optimal reports exactly the
+    held-out problems whose estimated bin (the PRM's mean score) has a choice at that N."""
+    from tts_engine.study.analysis import bin_of, calibration
+    out, summary, _, search = toy_slice
+    choices = {(c["bin"], c["n"]): (c["method"], c["aggregation"]) for c in summary["compute_optimal"]}
+    assert choices and set(choices.values()) <= {(s["method"], s["aggregation"]) for s in search}
+    estimated = {d["id"]: bin_of(d["prm_mean"]) for d in map(json.loads, open(out / "difficulty.jsonl"))
+                 if d["policy"] == SMALL}
+    for n in (4, 16):
+        held = [i for i, b in estimated.items() if not calibration(i) and (b, n) in choices]
+        reported = [s for s in summary["rows"] if s["method"] == "compute-optimal" and s["n"] == n
+                    and s["difficulty"] == "all"]
+        assert [s["problems"] for s in reported] == [len(held)] and held
 
 
 def test_estimated_difficulty_is_the_mean_prm_min_score():

@@ -218,7 +218,7 @@ def detect(config: dict, tensor_names: set[str], tok: Tokenizer) -> str:
 
 
 class PRM:
-    def __init__(self, model: str, kind: str = "auto", score_cache_size: int = 1 << 20, **engine_args):
+    def __init__(self, model: str, kind: str = "auto", *, score_cache_size: int = 1 << 20, **engine_args):
         """A process reward model from a local checkpoint. kind: one of KINDS or "auto". engine_args:
         the engine's settings (EngineConfig: dtype, device, kv_cache_tokens, gpu_memory_utilization,
         tokenizer, max_num_batched_tokens, ...). Loading runs no code from the checkpoint (auto_map

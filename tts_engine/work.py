@@ -17,9 +17,13 @@ class Work:
     saved_flops: int = 0          # what the cached prompt prefixes would have cost
 
     def __add__(self, other: Work) -> Work:
+        if not isinstance(other, Work):
+            return NotImplemented
         return Work(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
     def __iadd__(self, other: Work) -> Work:
+        if not isinstance(other, Work):
+            return NotImplemented
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self

@@ -238,7 +238,8 @@ class RadixCache:
         for n in list(self._nodes()):
             if n is not self.root:
                 self.allocator.free(n.slots)
-                n.parent = None         # gone: a Prefix that names it is not followed
+                # gone: a Prefix that names it is not followed (and keeps nothing else alive)
+                n.parent, n.children, n.value = None, {}, None
         self.root.children.clear()
         self.num_cached = self.num_nodes = 0
         self._heap = []

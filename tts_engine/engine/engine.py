@@ -109,10 +109,12 @@ class Engine:
         for name, given in (("position lists", positions), ("prefixes", after)):
             if given is not None and len(given) != len(prompts):
                 raise ValueError(f"got {len(given)} {name} for {len(prompts)} prompts")
+        if any(p is not None and not isinstance(p, Prefix) for p in after or ()):
+            raise ValueError("after must hold, for each prompt, None or the prefix of an earlier Encoded")
         requests = []
         for ids, pos in zip(prompts, positions):
-            if not pos or any(not isinstance(p, int) or not 0 <= p < len(ids) for p in pos):
-                raise ValueError(f"positions must be a non-empty list within [0, {len(ids)}), "
+            if not pos or any(type(p) is not int or not 0 <= p < len(ids) for p in pos):
+                raise ValueError(f"positions must be a non-empty list of integers within [0, {len(ids)}), "
                                  f"got {pos!r:.80}")
             requests.append(self.requests(ids, _ENCODE, hidden_positions=pos, generates=False,
                                           trusted=ids_from_tokenizer and self.tokenizer_fits))

@@ -1,4 +1,4 @@
-"""From a problem's candidate solutions to one answer per rule (tts-algorithms.md section 3).
+"""From a problem's candidate solutions to one answer per rule: the paper's aggregation rules.
 
 A trajectory's score is PRM-Min, PRM-Last or PRM-Avg of its step scores (-1 for none). Answers are
 grouped by mathematical equivalence (math-verify), not string equality; a candidate without an

@@ -1,4 +1,4 @@
-"""Step-wise search (tts-algorithms.md 1.4, 1.5), batched across problems.
+"""Step-wise search (the paper's beam search and DVTS), batched across problems.
 
 Beam search with budget N and beam width M keeps B = N / M beams: N first steps; the top B by the
 PRM's last-step score are kept; each kept beam gets M children; the next B are chosen among all

@@ -1,10 +1,10 @@
-"""Problem difficulty (the paper's absolute bins): the policy's pass@1 over 16 samples, easy above
-50%, medium 10-50%, hard below 10%. Without gold answers, the same bins of the PRM's mean score
-of those samples stand in, so compute-optimal selection works on unseen problems. A sample's score
-is its lowest step score (PRM-Min): a PRM trained on each step's own correctness (the toy PRM)
-scores a final answer step high whenever it repeats the last result, right or wrong, so the last
-step alone would call every problem easy; for a PRM trained on prefix correctness the lowest step
-is at or near the last anyway."""
+"""Problem difficulty as the paper measures it: the policy's pass@1 over 16 samples and, standing in
+without gold answers, the PRM's mean score of those samples, so that compute-optimal selection works
+on unseen problems (the study bins both: tts_engine/study/analysis.py). A sample's score is its
+lowest step score (PRM-Min): a PRM trained on each step's own correctness (the toy PRM) scores a
+final answer step high whenever it repeats the last result, right or wrong, so the last step alone
+would call every problem easy; for a PRM trained on prefix correctness the lowest step is at or near
+the last anyway."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -15,26 +15,13 @@ from tts_engine.search.common import SearchConfig
 from tts_engine.tasks.data import Problem
 from tts_engine.tasks.grading import grade
 
-BINS = ("easy", "medium", "hard")
-
-
-def bin_of(rate: float) -> str:
-    return "easy" if rate > 0.5 else "medium" if rate >= 0.1 else "hard"
-
 
 @dataclass
 class Difficulty:
+    """One problem's measures (a difficulty.jsonl row holds them)."""
     id: str
     pass1: float          # the policy's accuracy over its samples
     prm_mean: float       # the PRM's mean solution score (lowest step score) over the same samples
-
-    @property
-    def bin(self) -> str:
-        return bin_of(self.pass1)
-
-    @property
-    def estimated_bin(self) -> str:
-        return bin_of(self.prm_mean)
 
 
 def estimate(llm, prm, problems: list[Problem], cfg: SearchConfig, samples: int = 16,

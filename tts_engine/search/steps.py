@@ -1,5 +1,5 @@
 """One round of step sampling: k next steps for each parent trajectory, each parent with its own
-seed, as tts-algorithms.md's step searches expand a beam. A step ends at "\\n\\n" (kept in its
+seed, as the paper's step searches expand a beam. A step ends at "\\n\\n" (kept in its
 text). Length-truncated, empty and duplicate steps are dropped; a parent left without children is
 sampled again with new seeds, then closed."""
 from __future__ import annotations

@@ -144,6 +144,7 @@ def check_model(path: str, role: str, prm_kind: str = "auto", prompt_style: str 
     """A model folder (or .gguf file) that can serve as `role` ("policy" or "prm"): a recognised
     architecture, the head the role reads, a tokenizer that loads (with a chat template when the
     policy's prompt style needs one), and for a PRM a family that resolves."""
+    from tts_engine.models.heads import LMHead
     from tts_engine.models.registry import resolve
     flag = f"--{role}"
     try:
@@ -155,10 +156,10 @@ def check_model(path: str, role: str, prm_kind: str = "auto", prompt_style: str 
         shapes = tensor_shapes(ckpt)
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise UsageError(f"{flag} {path!r}: {e}") from None
-    lm_head = "lm_head.weight" in shapes or bool(ckpt.config.get("tie_word_embeddings"))
+    lm_head = LMHead.tensor in shapes or bool(ckpt.config.get("tie_word_embeddings"))
     kind = None
     if role == "policy":
-        if spec.head.name != "lm_head" or not lm_head:
+        if spec.head is not LMHead or not lm_head:
             raise UsageError(f"{flag} {path!r} is not a policy: {architecture} has no language-model head "
                              f"(a reward model? pass it as --prm)")
         _policy_tokenizer(flag, path, ckpt, prompt_style)
@@ -181,6 +182,7 @@ def _policy_tokenizer(flag: str, path: str, ckpt, prompt_style: str) -> None:
 
 
 def _prm_kind(flag: str, path: str, ckpt, names: set[str], kind: str, lm_head: bool) -> str:
+    from tts_engine.models.heads import LMHead
     from tts_engine.prm import FAMILIES, detect
     from tts_engine.tokenizer import Tokenizer
     try:
@@ -190,11 +192,10 @@ def _prm_kind(flag: str, path: str, ckpt, names: set[str], kind: str, lm_head: b
         family = FAMILIES[kind](tok)        # checks the family's tag tokens and chat template
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"{flag} {path!r}: {e}") from None
-    head_tensor = {"lm_head": lm_head, "v_head": "v_head.summary.weight" in names,
-                   "score": "score.0.weight" in names}[family.head]
-    if not head_tensor:
-        raise UsageError(f"{flag} {path!r}: a {kind} PRM reads its {family.head} head, which this checkpoint "
-                         f"does not have (a policy? pass it as --policy)")
+    # (a tied LM head has no tensor of its own)
+    if not (lm_head if family.head is LMHead else family.head.tensor in names):
+        raise UsageError(f"{flag} {path!r}: a {kind} PRM reads its {family.head.name} head, which this "
+                         f"checkpoint does not have (a policy? pass it as --policy)")
     return kind
 
 

@@ -88,3 +88,11 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
         os.replace(self.path + ".tmp", self.path)
+
+
+def open_stores(out: str, key: str) -> tuple[Store, Store]:
+    """The folder's two files: results.jsonl (a row per policy, PRM, method, N and problem) and
+    difficulty.jsonl (a row per policy, PRM and problem)."""
+    return (Store(os.path.join(out, "results.jsonl"), key,
+                  lambda r: (r["policy"], r["prm"], r["method"], r["n"], r["id"])),
+            Store(os.path.join(out, "difficulty.jsonl"), key, lambda r: (r["policy"], r["prm"], r["id"])))

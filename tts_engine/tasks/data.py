@@ -1,5 +1,5 @@
-"""Problem sets: a JSONL file by path (`problem`, `answer`, optional `id` and `level`, as the files in
-../shared/data/), or a Hugging Face dataset name through `datasets` when it is installed and the
+"""Problem sets: a JSONL file by path (`problem`, `answer`, optional `id` and `level`, as in a
+MATH-500 export), or a Hugging Face dataset name through `datasets` when it is installed and the
 dataset is in its cache (nothing is downloaded)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Policy prompts (../shared/docs/tts-algorithms.md section 5): the Llama-3 MATH system prompt or the
+"""Policy prompts, the paper's: Meta's Llama-3 MATH system prompt or the
 Qwen-Math chain-of-thought instruction, through the policy's own chat template; a policy without a
 chat template gets the problem and the instruction as plain text."""
 from __future__ import annotations

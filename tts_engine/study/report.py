@@ -1,12 +1,17 @@
-"""A study's summary from its results rows: accuracy with a Wilson 95% interval, FLOPs and tokens per
-(policy, PRM, method, N, aggregation rule, difficulty bin), the printed table, and the
-accuracy-against-FLOPs plot."""
+"""A study's report from its rows: the summary (accuracy with a Wilson 95% interval, FLOPs and tokens
+per policy, PRM, method, N, aggregation rule and difficulty bin), written to OUT/summary.json and
+printed as a table with the paper's headline comparison, and the accuracy-against-FLOPs plot."""
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections import defaultdict
 
-BIN_ORDER = ("all", "easy", "medium", "hard")
+from tts_engine.study.analysis import BINS
+from tts_engine.study.progress import throughput_lines
+
+BIN_ORDER = ("all", *BINS)
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
@@ -85,7 +90,7 @@ def headline(summary: list[dict]) -> list[str]:
     return lines
 
 
-def plot(summary: list[dict], path: str) -> None:
+def figure(summary: list[dict]):
     """Accuracy against inference FLOPs per problem (log x): a line per policy x method x aggregation
     through its N, each policy's CoT a point, 95% intervals as error bars; a panel per bin."""
     import matplotlib
@@ -117,5 +122,33 @@ def plot(summary: list[dict], path: str) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=6)
     fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(labels) / 3), 1, 1))
+    plt.close(fig)          # (out of pyplot's list of open figures: a long process keeps none)
+    return fig
+
+
+def plot(summary: list[dict], path: str):
+    """The figure, written as a PNG to `path`; returned for a look at what it draws."""
+    fig = figure(summary)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def publish(out: str, rows: list[dict], choices: list[dict], pretrain: dict[str, int],
+            throughput: dict) -> dict:
+    """The summary of `rows` written to OUT/summary.json with the compute-optimal choices, the
+    pre-training FLOPs and the throughput; printed; and plotted to OUT/accuracy_vs_flops.png."""
+    summary = summarize(rows, pretrain)
+    report = {"rows": summary, "compute_optimal": choices, "pretraining_flops": pretrain,
+              "throughput": throughput}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(table(summary))
+    print("\n" + "\n".join(headline(summary)))
+    print("\n".join(throughput_lines(throughput)))
+    if choices:
+        print("\ncompute-optimal choice (calibration half, estimated difficulty):")
+        for t in choices:
+            print(f"  {t['policy']} + {t['prm']}: {t['bin']:<7} N={t['n']:<4} "
+                  f"{t['method']} / {t['aggregation']}")
+    plot(summary, os.path.join(out, "accuracy_vs_flops.png"))
+    return report

@@ -1,6 +1,8 @@
 """Write a random-weight checkpoint folder (config.json, model.safetensors, tokenizer.json) for a
 Llama / Qwen2 / Mistral shape, without transformers: for benchmarks of real model shapes (say
-Llama-3.2-1B) on machines that have no weights, and for tests.
+Llama-3.2-1B) on machines that have no weights, and for tests. It lives beside the benchmarks, not
+in the package: nothing the package runs needs it. Benchmarks import it as a sibling module; tests
+find it through pytest's `pythonpath` (pyproject.toml).
 
 Two options make such a model act out a search workload (benchmarks/bench_workload.py):
 - `value_head`: a Skywork-layout PRM (Qwen2ForPrmModel with `v_head.summary`);
