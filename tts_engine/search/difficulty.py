@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from tts_engine.search.aggregate import trajectory_score
 from tts_engine.search.best_of_n import best_of_n
 from tts_engine.search.common import SearchConfig
+from tts_engine.search.contract import Policy, Scorer
 from tts_engine.tasks.data import Problem
 from tts_engine.tasks.grading import grade
 
@@ -24,7 +25,7 @@ class Difficulty:
     prm_mean: float       # the PRM's mean solution score (lowest step score) over the same samples
 
 
-def estimate(llm, prm, problems: list[Problem], cfg: SearchConfig, samples: int = 16,
+def estimate(policy: Policy, scorer: Scorer, problems: list[Problem], cfg: SearchConfig, samples: int = 16,
              on_result=None) -> list[Difficulty]:
     """Sample each problem `samples` times (cfg's temperature; its own seeds) and score the samples."""
     out = []
@@ -39,5 +40,5 @@ def estimate(llm, prm, problems: list[Problem], cfg: SearchConfig, samples: int 
             on_result(d, result)
 
     # its own seeds (not best-of-N's), so that its samples are its own
-    best_of_n(llm, prm, problems, replace(cfg, n=samples, seed=cfg.seed + 7919), on_result=measured)
+    best_of_n(policy, scorer, problems, replace(cfg, n=samples, seed=cfg.seed + 7919), on_result=measured)
     return out
