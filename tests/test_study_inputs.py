@@ -57,7 +57,8 @@ def bad_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def broken_policies(study_inputs, tmp_path_factory):
-    """The test policy without its tokenizer.json, and without its chat template."""
+    """The test policy without its tokenizer.json, without its chat template, and with a training.json
+    whose count is not a number or that is not JSON."""
     import shutil
     _, policy, _ = study_inputs
     d = tmp_path_factory.mktemp("broken")
@@ -69,6 +70,10 @@ def broken_policies(study_inputs, tmp_path_factory):
     (d / "no_template" / "tokenizer_config.json").write_text(json.dumps(config))
     for extra in (d / "no_template").glob("chat_template.jinja"):
         extra.unlink()
+    shutil.copytree(policy, d / "text_tokens")
+    (d / "text_tokens" / "training.json").write_text(json.dumps({"training_tokens": "6.3M"}))
+    shutil.copytree(policy, d / "torn_json")
+    (d / "torn_json" / "training.json").write_text('{"training_tokens": 63')
     return d
 
 
@@ -118,6 +123,10 @@ CASES += [
     ("a prompt style the policy's tokenizer cannot write",
      ["--policy", "{b}/no_template", "--prompt-style", "qwen"],
      "--policy '{b}/no_template' has no chat template, which --prompt-style qwen needs"),
+    ("a training.json count that is text", ["--policy", "{b}/text_tokens"],
+     "{b}/text_tokens/training.json: training_tokens '6.3M' is not a positive token count"),
+    ("a training.json that is not JSON", ["--policy", "{b}/torn_json"],
+     "{b}/torn_json/training.json: not a JSON object with training_tokens"),
     ("a --ray-address without a port", ["--ray-address", "headnode"],
      "--ray-address must be auto or HOST:PORT (or ray://HOST:PORT), got 'headnode'"),
     ("compute-optimal without difficulty samples",
@@ -177,3 +186,8 @@ def test_help_is_the_docstring_with_every_default():
         assert f"(default: {getattr(study, name)}; toy: {getattr(toy, name)})" in text, name
     added = [m for m in toy.method if m not in study.method]
     assert f"default: {' '.join(study.method)} (the toy study adds {' '.join(added)})" in text
+    # the values a user sees, pinned here (a changed default must change this test too)
+    for default in ("(default: tts_study)", "budgets N (at most 4096) (default: [4, 16, 64])",
+                    "seed of every sample (default: 0)", "(default: 0.7)", "(default: 1.0)", "(default: 4)",
+                    "(default: 16)", "(default: auto)", "(default: cuda when available)", "(default: all)"):
+        assert default in text, default

@@ -199,6 +199,27 @@ def _prm_kind(flag: str, path: str, ckpt, names: set[str], kind: str, lm_head: b
     return kind
 
 
+def check_training_json(info: ModelInfo) -> int | None:
+    """The pre-training token count in training.json beside the weights ({"training_tokens": ...}),
+    if there is one; a file that does not parse or a count that is not positive is refused."""
+    from tts_engine.loader import read_json
+    folder = info.resolved if os.path.isdir(info.resolved) else os.path.dirname(info.resolved)
+    file = os.path.join(folder, "training.json")
+    if not os.path.isfile(file):
+        return None
+    try:
+        count = read_json(file).get("training_tokens")
+    except (ValueError, AttributeError) as e:
+        raise UsageError(f"{file}: not a JSON object with training_tokens ({e})") from None
+    if count is None:
+        return None
+    number = isinstance(count, (int, float)) and not isinstance(count, bool)
+    if not number or not math.isfinite(count) or count < 1:
+        raise UsageError(f"{file}: training_tokens {count!r} is not a positive token count "
+                         f"(or give --pretrain-tokens NAME=TOKENS)")
+    return int(count)
+
+
 def check_pretrain_tokens(items: list[str], names: list[str]) -> dict[str, int]:
     """--pretrain-tokens NAME=TOKENS: NAME one of the study's models, TOKENS a positive count."""
     tokens = {}

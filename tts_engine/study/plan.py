@@ -8,12 +8,11 @@ from dataclasses import dataclass, replace
 
 from tts_engine import __version__
 from tts_engine.flops import pretraining_flops
-from tts_engine.loader import read_json
 from tts_engine.replica import Unit, model_name
 from tts_engine.search import SearchConfig
 from tts_engine.study.args import NEEDS_PRM
 from tts_engine.study.checks import (UsageError, check_dataset, check_device, check_model, check_options,
-                                     check_out, check_pretrain_tokens, lock_out)
+                                     check_out, check_pretrain_tokens, check_training_json, lock_out)
 from tts_engine.study.manifest import Manifest, dataset_identity, model_identity, reconcile, settings_of
 from tts_engine.study.store import Store, open_stores
 from tts_engine.tasks.data import Problem
@@ -25,24 +24,16 @@ class Plan:
     problems: list[Problem]
     manifest: Manifest
     device: str
-    pretrain_tokens: dict[str, int]
+    pretrain_tokens: dict[str, int]   # per model: --pretrain-tokens, else its training.json
     results: Store
     difficulty: Store
     lock: object             # the folder's lock file, held while the study runs
 
     def pretraining_flops(self, names: list[str]) -> dict[str, int]:
-        """Pre-training FLOPs per model: 6 x parameters x training tokens (--pretrain-tokens, or
-        training.json beside the weights: {"training_tokens": ...})."""
-        out = {}
-        for name in names:
-            model = self.manifest.models[name]
-            folder = model["path"] if os.path.isdir(model["path"]) else os.path.dirname(model["path"])
-            file = os.path.join(folder, "training.json")
-            info = read_json(file) if os.path.isfile(file) else {}
-            count = self.pretrain_tokens.get(name, info.get("training_tokens"))
-            if count:
-                out[name] = pretraining_flops(int(model["parameters"]), int(count))
-        return out
+        """Pre-training FLOPs per model whose training tokens are known: 6 x parameters x tokens."""
+        models, tokens = self.manifest.models, self.pretrain_tokens
+        return {name: pretraining_flops(int(models[name]["parameters"]), tokens[name])
+                for name in names if name in tokens}
 
 
 def toy_inputs(args: argparse.Namespace) -> None:
@@ -78,6 +69,9 @@ def prepare(args: argparse.Namespace) -> Plan:
             raise UsageError(f"two models are named {twice[0]!r} (results name models by folder): "
                              f"rename one")
         pretrain_tokens = check_pretrain_tokens(args.pretrain_tokens, names)
+        for name, info in zip(names, infos):          # (--pretrain-tokens first, else training.json)
+            if name not in pretrain_tokens and (count := check_training_json(info)) is not None:
+                pretrain_tokens[name] = count
         manifest = Manifest(__version__, settings_of(args, device),
                             dataset_identity(args.dataset, everything),
                             {name: model_identity(info) for name, info in zip(names, infos)})

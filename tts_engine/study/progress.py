@@ -54,14 +54,3 @@ class Progress:
         return {"replicas": rows, "seconds": seconds, "stage_seconds": dict(self.stages),
                 "tokens_per_s": sum(r["tokens"] for r in rows) / max(seconds, 1e-9)}
 
-
-def throughput_lines(throughput: dict) -> list[str]:
-    """The printed throughput: per replica, all together, and seconds per stage."""
-    lines = [f"replica {r['replica']}: {r['problems']} problems, {r['tokens_per_s']:.0f} tokens/s"
-             for r in throughput["replicas"]]
-    lines.append(f"all replicas: {throughput['tokens_per_s']:.0f} tokens/s over "
-                 f"{throughput['seconds']:.0f} s")
-    if throughput["stage_seconds"]:
-        stages = throughput["stage_seconds"].items()
-        lines.append("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages))
-    return lines

@@ -9,7 +9,6 @@ import os
 from collections import defaultdict
 
 from tts_engine.study.analysis import BINS
-from tts_engine.study.progress import throughput_lines
 
 BIN_ORDER = ("all", *BINS)
 
@@ -152,3 +151,15 @@ def publish(out: str, rows: list[dict], choices: list[dict], pretrain: dict[str,
                   f"{t['method']} / {t['aggregation']}")
     plot(summary, os.path.join(out, "accuracy_vs_flops.png"))
     return report
+
+
+def throughput_lines(throughput: dict) -> list[str]:
+    """The printed throughput: per replica, all together, and seconds per stage."""
+    lines = [f"replica {r['replica']}: {r['problems']} problems, {r['tokens_per_s']:.0f} tokens/s"
+             for r in throughput["replicas"]]
+    lines.append(f"all replicas: {throughput['tokens_per_s']:.0f} tokens/s over "
+                 f"{throughput['seconds']:.0f} s")
+    if throughput["stage_seconds"]:
+        stages = throughput["stage_seconds"].items()
+        lines.append("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages))
+    return lines
