@@ -2,6 +2,9 @@
 exactly what it computed (prefill once, decode per token, the head per sampling row)."""
 from __future__ import annotations
 
+import pytest
+import torch
+
 from tts_engine import LLM, SamplingParams
 from tts_engine.config import ModelConfig
 from tts_engine.flops import attention_flops, decode_token_cost, decoder_flops, linear_flops_per_token
@@ -55,3 +58,42 @@ def test_decode_token_cost_is_forward_flops_of_one_token(tiny_llama):
         for n in (1, 5, 7, 8, 300):
             one = decoder_flops(c, [(n - 1, n)]) + LMHead.flops(c, 1)
             assert a + b * (n if w is None else min(n, w)) == one
+
+
+def test_bytes_moved_by_hand(tiny_llama):
+    """The engine's byte counts against a hand computation from the checkpoint (transformers' own
+    parameters): a plain request, a forked one (three samples off one prefill, each reading the
+    whole prompt), and the same under cascade (the prompt read once a step for the three)."""
+    import transformers
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    c = hf.config
+    D = sum(p.numel() * 4 for n, p in hf.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    E, H = c.hidden_size * 4, c.vocab_size * c.hidden_size * 4          # an embedding row, the LM head
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+    prompt = {"prompt_token_ids": list(range(10, 20))}
+
+    def run(n, cascade):
+        llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048)
+        llm.engine.runner.cascade_min_work = cascade
+        params = SamplingParams(n=n, temperature=1.0, max_tokens=3, ignore_eos=True, seed=0)
+        out = llm.generate(prompt, params, use_tqdm=False)[0]
+        st = llm.stats()
+        assert (out.work.weight_bytes, out.work.kv_read_bytes, out.work.kv_write_bytes) == pytest.approx(
+            (st["weight_bytes"], st["kv_read_bytes"], st["kv_write_bytes"]))
+        return out.work
+
+    # the prompt's prefill (10 tokens, one head row), then 2 decode steps of contexts 11 and 12
+    plain = run(1, None)
+    assert plain.weight_bytes == pytest.approx(3 * D + 12 * E + 3 * H)
+    assert plain.kv_read_bytes == pytest.approx((10 + 11 + 12) * kv)
+    assert plain.kv_write_bytes == pytest.approx(12 * kv)
+    # three samples: the prefill once, then 2 decode steps of 3 rows that share each step's weights
+    forked = run(3, None)
+    assert forked.weight_bytes == pytest.approx((D + 10 * E + H) + 2 * (D + 3 * E + H))
+    assert forked.kv_read_bytes == pytest.approx((10 + 3 * 11 + 3 * 12) * kv)
+    assert forked.kv_write_bytes == pytest.approx((10 + 6) * kv)
+    # cascade: the 10 prompt tokens read once a step for the three, each its own suffix (1, then 2)
+    shared = run(3, 1)
+    assert shared.weight_bytes == pytest.approx(forked.weight_bytes)
+    assert shared.kv_read_bytes == pytest.approx((10 + (10 + 3 * 1) + (10 + 3 * 2)) * kv)
+    assert shared.kv_write_bytes == pytest.approx(forked.kv_write_bytes)

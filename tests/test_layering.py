@@ -13,7 +13,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # package prefix -> layer (higher imports lower); the first matching prefix wins
 LAYERS = [
-    ("tts_engine.generate", 6), ("tts_engine.run", 6), ("tts_engine.toy.train", 6),
+    ("tts_engine.generate", 6), ("tts_engine.run", 6), ("tts_engine.report", 6), ("tts_engine.toy.train", 6),
     ("tts_engine.replica", 6), ("tts_engine.ray_replicas", 6), ("tts_engine.study", 6),
     ("tts_engine.search", 5), ("tts_engine.tasks", 5), ("tts_engine.toy", 5),
     ("tts_engine.llm", 4), ("tts_engine.prm", 4), ("tts_engine.outputs", 4),

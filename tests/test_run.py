@@ -14,7 +14,7 @@ import pytest
 
 from test_prm import make_family
 from tts_engine.run import main
-from tts_engine.study.report import figure, headline, plot, summarize, table, wilson
+from tts_engine.study.report import headline, table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBLEMS = [{"id": f"q{i}", "problem": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1),
@@ -61,11 +61,29 @@ def test_study_end_to_end(study_inputs, tmp_path, capsys):
     assert {s["method"] for s in summary["rows"]} >= {"cot", "bon", "beam", "dvts"}
     cot = next(s for s in summary["rows"] if s["method"] == "cot" and s["difficulty"] == "all")
     assert cot["flops_total"] > cot["flops_inference"] and cot["problems"] == 4
+    # bytes moved, and eFLOPs at the default GPU's intensity (tests/test_flops.py checks the counts)
+    assert all(r["bytes"]["policy"] > 0 and (r["method"] != "bon" or r["bytes"]["prm"] > 0) for r in got)
+    assert all(s["eflops_inference"] > s["flops_inference"] for s in summary["rows"])
     printed = capsys.readouterr().out
-    assert table(summary["rows"]) in printed and "\n".join(headline(summary["rows"])) in printed
-    # the PNG is the plot of the summary's rows (what the plot draws: test_plot_draws_the_summary)
-    again = png_of(summary["rows"], tmp_path / "again.png")
-    assert (tmp_path / "accuracy_vs_flops.png").read_bytes() == again
+    # the headline first, then the full table
+    assert printed.index("\n".join(headline(summary["rows"]))) < printed.index(table(summary["rows"]))
+    for name in ("headline", "accuracy_vs_n", "rules", "accuracy_vs_eflops"):     # (their content:
+        assert (tmp_path / f"{name}.png").stat().st_size > 0                       # test_figures.py)
+        assert (tmp_path / f"{name}.csv").read_text().startswith("figure,panel,line,x,accuracy,low,high")
+    # the report redrawn from the folder alone gives the same summary
+    from tts_engine.report import main as report
+    assert report([str(tmp_path)]) == 0
+    assert json.load(open(tmp_path / "summary.json")) == summary
+    # another GPU's intensity costs the same bytes differently; a folder without results is refused
+    from tts_engine.flops import GPUS
+    assert report([str(tmp_path), "--gpu", "a100"]) == 0
+    peak, bandwidth = GPUS["a100"]
+    for s in json.load(open(tmp_path / "summary.json"))["rows"]:
+        assert s["gpu"] == "a100"
+        cost = s["flops_inference"] + peak / bandwidth * s["bytes_inference"]
+        assert s["eflops_inference"] == pytest.approx(cost)
+    assert report([str(tmp_path / "nothing")]) == 2
+    assert "holds no results.jsonl" in capsys.readouterr().err
 
 
 def test_killed_study_resumes_without_loss_or_duplicates(study_inputs, tmp_path):
@@ -115,69 +133,3 @@ def test_unknown_method_exits_2(study_inputs, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(args(data, policy, prm, tmp_path, "--method", "mcts"))
     assert e.value.code == 2
-
-
-def png_of(summary: list[dict], path) -> bytes:
-    plot(summary, str(path))
-    return path.read_bytes()
-
-
-def drawn(ax) -> dict[str, tuple[list, ...]]:
-    """label -> a panel's line: its points' x and y, and the low and high ends of their error bars."""
-    out = {}
-    for c in ax.containers:
-        line, _, (bars,) = c.lines
-        ends = bars.get_segments()
-        out[c.get_label()] = (list(line.get_xdata()), list(line.get_ydata()), [e[0][1] for e in ends],
-                              [e[1][1] for e in ends])
-    return out
-
-
-def result(policy, prm, method, n, pid, correct, flops, level):
-    return {"policy": policy, "prm": prm, "method": method, "n": n, "id": pid, "correct": correct,
-            "flops": {"policy": flops, "prm": flops // 2 if prm else 0}, "tokens": {"policy": 3, "prm": 1},
-            "seconds": 0.5, "difficulty": level}
-
-
-def test_plot_draws_the_summary(tmp_path):
-    """A panel per difficulty bin present, in the bins' order; in each a line per policy, method and
-    rule through its budgets (CoT a point), at the summary's FLOPs per problem and accuracy, with
-    its 95% interval as the error bar; one legend of the first panel's lines; log FLOPs."""
-    level = ["easy", "easy", "hard", "hard"]
-    rows = [result("small", None, "cot", 1, f"q{i}", {"majority": i % 2 == 0}, 100, level[i])
-            for i in range(4)]
-    rows += [result("small", "prm", "bon", n, f"q{i}", {"majority": i < n // 4, "prm_last_max": i == 0},
-                    100 * n, level[i]) for n in (4, 16) for i in range(4)]
-    summary = summarize(rows, {})
-    fig = plot(summary, str(tmp_path / "p.png"))
-    assert [ax.get_title() for ax in fig.axes] == ["difficulty: all", "difficulty: easy", "difficulty: hard"]
-    for ax, b in zip(fig.axes, ("all", "easy", "hard")):
-        assert (ax.get_xscale(), ax.get_xlabel(), ax.get_ylabel()) == ("log", "inference FLOPs per problem",
-                                                                        "accuracy")
-        lines = drawn(ax)
-        assert set(lines) == {"small CoT", "small bon majority", "small bon prm_last_max"}
-        for label, (x, y, low, high) in lines.items():
-            method, rule = ("cot", "majority") if label == "small CoT" else ("bon", label.split()[-1])
-            points = sorted((s for s in summary if (s["difficulty"], s["method"], s["aggregation"])
-                             == (b, method, rule)), key=lambda s: s["n"])
-            assert len(points) == (1 if method == "cot" else 2)
-            assert x == [s["flops_inference"] / s["problems"] for s in points]
-            assert y == [s["accuracy"] for s in points]
-            assert low == pytest.approx([s["accuracy_ci95"][0] for s in points])
-            assert high == pytest.approx([s["accuracy_ci95"][1] for s in points])
-        styles = {c.get_label(): c.lines[0].get_linestyle() for c in ax.containers}
-        assert styles == {"small CoT": "None", "small bon majority": "-", "small bon prm_last_max": "-"}
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(drawn(fig.axes[0]))
-    assert (tmp_path / "p.png").read_bytes() == png_of(summary, tmp_path / "again.png")
-
-
-def test_plot_takes_intervals_that_touch_zero_and_one():
-    """At 0% or 100% the interval's far end may sit a rounding error past the point: the bar still
-    spans the interval, and ends at the point on its near side."""
-    rows = [{"policy": "p", "prm": None, "method": "cot", "n": 1, "aggregation": "majority",
-             "difficulty": "all", "problems": 7, "accuracy": k / 7, "accuracy_ci95": wilson(k, 7),
-             "flops_inference": 1e9 * (k + 1)} for k in (0, 7)]
-    (x, y, low, high), = drawn(figure(rows).axes[0]).values()
-    assert y == [0.0, 1.0]
-    assert low == pytest.approx([min(r["accuracy_ci95"][0], r["accuracy"]) for r in rows])
-    assert high == pytest.approx([max(r["accuracy_ci95"][1], r["accuracy"]) for r in rows])

@@ -39,3 +39,16 @@ def decode_token_cost(cfg: ModelConfig, head_row: int) -> tuple[int, int, int | 
 def pretraining_flops(parameters: int, tokens: int) -> int:
     """Kaplan's 6 x N x D, as the paper's Table 4 counts a model's training."""
     return 6 * parameters * tokens
+
+
+# Peak dense BF16 tensor FLOP/s and memory bandwidth (bytes/s) from NVIDIA's datasheets (A100 SXM
+# 80GB; H100 SXM; H200 SXM), for eFLOPs: their ratio is the arithmetic intensity at which a kernel
+# stops being bound by memory (about 153, 295 and 206 FLOPs per byte).
+GPUS = {"a100": (312e12, 2.039e12), "h100": (989e12, 3.35e12), "h200": (989e12, 4.8e12)}
+
+
+def eflops(flops: float, bytes_moved: float, gpu: str) -> float:
+    """Kinetics' effective FLOPs (arXiv 2506.05333): compute plus memory traffic at the GPU's
+    arithmetic intensity, so that memory-bound decoding is costed by the reads it waits on."""
+    peak, bandwidth = GPUS[gpu]
+    return flops + peak / bandwidth * bytes_moved

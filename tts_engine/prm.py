@@ -281,7 +281,7 @@ class PRM:
                 after.append(w.after)
         encoded = self.engine.encode(prompts, [[p for p, _ in new] for new in positions],
                                      ids_from_tokenizer=True, after=after) if prompts else []
-        new_scores = {}
+        new_scores, head_bytes = {}, self.engine.head_weight_bytes(self.family.columns)
         if encoded:
             columns = self.family.columns
             out = self.engine.apply_head(torch.cat([e.hidden for e in encoded]), columns)
@@ -300,7 +300,9 @@ class PRM:
             if index is not None:
                 w.prefix = encoded[index].prefix
                 work = encoded[index].work
-                work.flops += self.engine.head_flops(len(positions[index]), self.family.columns)
+                tags = len(positions[index])
+                work.flops += self.engine.head_flops(tags, self.family.columns)
+                work.weight_bytes += head_bytes * tags / len(pending)      # (one head call for all)
             works.append(work)
         return out, works
 

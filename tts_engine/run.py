@@ -10,7 +10,8 @@ difficulty samples, chunk), the dataset's content hash and each model's identity
 again into the same --out with the same settings, the study skips finished units and loses none
 (Ctrl-C and kills included); with more methods, budgets, problems or models it extends the folder;
 with any other setting it is refused (exit 2) with the list of differences. The summary
-(OUT/summary.json, the printed table, OUT/accuracy_vs_flops.png) covers exactly this command's
+(OUT/summary.json, the printed headline and table, the figures OUT/*.png with their OUT/*.csv)
+covers exactly this command's
 policies, PRMs, methods, budgets and problems. Difficulty bins come from each policy's pass@1 over
 --difficulty-samples samples (OUT/difficulty.jsonl); compute-optimal picks, per estimated bin and
 N, the best method and rule on a calibration half of the problems and reports the other half.
@@ -59,7 +60,7 @@ def study(args, plan: Plan) -> dict:
     if "compute-optimal" in args.method:
         derived, choices = compute_optimal(rows, estimates, args.n)
     pretrain = plan.pretraining_flops([model_name(p) for p in args.policy + args.prm])
-    return publish(args.out, rows + derived, choices, pretrain, progress.throughput())
+    return publish(args.out, rows + derived, choices, pretrain, progress.throughput(), args.gpu)
 
 
 def main(argv: list[str] | None = None) -> int:

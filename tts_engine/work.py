@@ -15,6 +15,15 @@ class Work:
     generated_tokens: int = 0
     flops: int = 0                # forward FLOPs of what was computed, heads included (flops.py)
     saved_flops: int = 0          # what the cached prompt prefixes would have cost
+    # bytes moved through device memory (engine/traffic.py): a step's shared reads are split among
+    # its sequences, so these are fractional
+    weight_bytes: float = 0.0     # weights read
+    kv_read_bytes: float = 0.0    # K/V read by attention
+    kv_write_bytes: float = 0.0   # K/V written
+
+    @property
+    def bytes(self) -> float:
+        return self.weight_bytes + self.kv_read_bytes + self.kv_write_bytes
 
     def __add__(self, other: Work) -> Work:
         if not isinstance(other, Work):

@@ -32,6 +32,7 @@ import torch
 from tts_engine.config import EngineConfig
 from tts_engine.engine.build import build
 from tts_engine.engine.cache import Prefix
+from tts_engine.engine.traffic import Traffic
 from tts_engine.engine.logits_process import needs_processing
 from tts_engine.engine.logprobs import prompt_logprobs
 from tts_engine.engine.output import OutputProcessor
@@ -80,6 +81,7 @@ class Engine:
                                      config.seed)
         self.overlap = self.device.type == "cuda" if config.overlap is None else config.overlap
         self._head_flops = type(self.model.head).flops
+        self.traffic = Traffic.of(self.model, self.dtype.itemsize)
         self._decode_cost = decode_token_cost(self.model_config, self._head_flops(self.model_config, 1))
         self.tokenizer_fits = tokenizer_fits(self.tokenizer, self.model_config.vocab_size)
         self._worker: ThreadPoolExecutor | None = None
@@ -131,10 +133,17 @@ class Engine:
         given); its FLOPs are counted."""
         kwargs = {"columns": torch.tensor(columns, device=hidden.device)} if columns is not None else {}
         self.stats.flops += self.head_flops(len(hidden), columns)
+        self.stats.weight_bytes += self.head_weight_bytes(columns)
         return self.model.compute_logits(hidden, **kwargs)
 
     def head_flops(self, rows: int, columns: list[int] | None = None) -> int:
         return self._head_flops(self.model_config, rows, len(columns) if columns is not None else None)
+
+    def head_weight_bytes(self, columns: list[int] | None = None) -> float:
+        """The head's weights one call reads (of the LM head, only these token ids' rows)."""
+        if columns is None:
+            return float(self.traffic.head_weights)
+        return self.traffic.head_weights * len(columns) / self.model_config.vocab_size
 
     def add(self, request: Request) -> None:
         self.scheduler.add(request.seqs)
@@ -227,22 +236,43 @@ class Engine:
         return len(finished)
 
     def _count(self, batch: ScheduledBatch) -> None:
-        """FLOPs of the step's live rows, in all and per sequence (a request's work is its
-        sequences'). A caller that applies the head to kept hidden states counts those itself."""
-        cfg, total = self.model_config, 0
+        """FLOPs and bytes moved (engine/traffic.py) of the step's live rows, in all and per
+        sequence (a request's work is its sequences'). A caller that applies the head to kept
+        hidden states counts those itself (apply_head)."""
+        cfg, total, tr = self.model_config, 0, self.traffic
         token, per_key, window = self._decode_cost
         lens = batch.decode_lens if window is None else [min(n, window) for n in batch.decode_lens]
-        for seq, n in zip(batch.decode, lens):
+        # the step's weights, split by its tokens (decoder) and its head rows (head)
+        rows = len(batch.decode) + sum(int(c.samples) for c in batch.prefill)
+        tokens = len(batch.decode) + sum(c.end - c.start for c in batch.prefill)
+        per_token = tr.decoder_weights / tokens + tr.embedding_row
+        per_row = tr.head_weights / rows if rows else 0.0
+        weights = reads = writes = 0.0
+        reads_of = batch.decode_reads or [float(n) for n in batch.decode_lens]   # (a batch not prepared)
+        for seq, n, keys in zip(batch.decode, lens, reads_of):
             if seq.status is not Status.FINISHED:
                 seq.flops += (f := token + per_key * n)
                 total += f
+                seq.weight_bytes += per_token + per_row
+                seq.kv_read_bytes += (r := tr.decode_keys(keys) * tr.kv_token)
+                seq.kv_write_bytes += tr.kv_token
+                weights, reads, writes = weights + per_token + per_row, reads + r, writes + tr.kv_token
         for c in batch.prefill:
+            n, seq = c.end - c.start, c.seq
             f = decoder_flops(cfg, [(c.start, c.end)]) + self._head_flops(cfg, int(c.samples))
-            c.seq.flops += f
-            c.seq.computed_tokens += c.end - c.start
+            seq.flops += f
+            seq.computed_tokens += n
             total += f
-        self.stats.flops += total
-        self.stats.steps += 1
+            seq.weight_bytes += (w := per_token * n + per_row * int(c.samples))
+            seq.kv_read_bytes += (r := tr.prefill_keys(c.start, c.end) * tr.kv_token)
+            seq.kv_write_bytes += n * tr.kv_token
+            weights, reads, writes = weights + w, reads + r, writes + n * tr.kv_token
+        st = self.stats
+        st.flops += total
+        st.weight_bytes += weights
+        st.kv_read_bytes += reads
+        st.kv_write_bytes += writes
+        st.steps += 1
 
     def prompt_logprobs(self, request: Request) -> list[dict[int, tuple[float, int]] | None]:
         """Per prompt token, {token: (logprob, rank)} under the model given the tokens before it
@@ -254,6 +284,8 @@ class Engine:
         flops = self.head_flops(len(request.prompt_token_ids) - 1)
         self.stats.flops += flops
         seq.flops += flops
+        self.stats.weight_bytes += (head := self.head_weight_bytes())
+        seq.weight_bytes += head
         return out
 
     # ------------------------------------------------------------ cache and counters

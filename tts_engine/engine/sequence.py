@@ -58,6 +58,7 @@ class Sequence:
         self.computed_tokens = 0         # prompt tokens computed for it (after a preemption too)
         self.flops = 0                   # forward FLOPs spent on it (flops.py)
         self.saved_flops = 0             # what its cached prompt prefix would have cost
+        self.weight_bytes = self.kv_read_bytes = self.kv_write_bytes = 0.0   # bytes moved for it
         # Sampling state: a private generator per sample makes its draws independent of the batch.
         self.rng = random.Random(seed)
         self.cumulative_logprob = 0.0
@@ -140,4 +141,5 @@ class Request:
                     sum(s.num_cached_prompt_tokens for s in self.seqs),
                     sum(s.computed_tokens for s in self.seqs),
                     sum(s.num_output_tokens for s in self.seqs), sum(s.flops for s in self.seqs),
-                    sum(s.saved_flops for s in self.seqs))
+                    sum(s.saved_flops for s in self.seqs), sum(s.weight_bytes for s in self.seqs),
+                    sum(s.kv_read_bytes for s in self.seqs), sum(s.kv_write_bytes for s in self.seqs))

@@ -15,4 +15,7 @@ class EngineStats:
     preemptions: int = 0
     steps: int = 0
     flops: int = 0                      # forward FLOPs of everything computed (flops.py)
+    weight_bytes: float = 0.0           # bytes moved (engine/traffic.py)
+    kv_read_bytes: float = 0.0
+    kv_write_bytes: float = 0.0
     kv_tokens_peak: int = 0

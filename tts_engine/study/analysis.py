@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 
 BINS = ("easy", "medium", "hard")
+BIN_ORDER = ("all", *BINS)         # (the report's order: all problems, then each bin)
 
 
 def bin_of(rate: float) -> str:

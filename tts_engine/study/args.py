@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from tts_engine.flops import GPUS
 from tts_engine.prm import KINDS
 from tts_engine.study.checks import MAX_N
 from tts_engine.tasks.prompts import STYLES
@@ -55,6 +56,8 @@ def parser(description: str) -> argparse.ArgumentParser:
                     "text without a chat template")
     ap.add_argument("--difficulty-samples", type=int, default=16,
                     help="samples per problem for its difficulty bin (0: none)")
+    ap.add_argument("--gpu", default="h100", choices=sorted(GPUS),
+                    help="the GPU whose FLOPs per byte cost the memory traffic in eFLOPs (report only)")
     ap.add_argument("--pretrain-tokens", nargs="*", default=[], metavar="MODEL=TOKENS",
                     help="training tokens of a model (by folder name), for total FLOPs (default: the "
                     "model folder's training.json)")

@@ -15,9 +15,9 @@ from typing import Callable
 from tts_engine.study.checks import UsageError
 
 
-def read_rows(path: str) -> list[dict]:
-    """The rows of a JSONL file we append to. A torn last line is dropped, and cut from the file so
-    that it stays whole."""
+def read_rows(path: str, repair: bool = True) -> list[dict]:
+    """The rows of a JSONL file we append to. A torn last line is dropped, and (with repair: only
+    the study that owns the folder repairs it) cut from the file so that it stays whole."""
     if not os.path.exists(path):
         return []
     with open(path, "rb") as f:
@@ -31,7 +31,7 @@ def read_rows(path: str) -> list[dict]:
         except json.JSONDecodeError:
             break
         good += len(line)
-    if good < len(data):
+    if good < len(data) and repair:
         with open(path, "r+b") as f:
             f.truncate(good)
     return rows

@@ -1,0 +1,62 @@
+"""Redraw a study's report from its folder, without loading a model:
+
+    python -m tts_engine.report OUT [--gpu h100] [--rule RULE ...]
+
+reads OUT/results.jsonl and OUT/difficulty.jsonl (every row in them), and from the study's own
+OUT/summary.json the pre-training FLOPs, the throughput and the budgets compute-optimal was asked
+for; writes OUT/summary.json and the figures again and prints the tables. With the study's own
+settings it reproduces the study's summary exactly; --gpu costs memory traffic for another GPU's
+arithmetic intensity (eFLOPs), --rule picks the aggregation rules the full table shows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from tts_engine.flops import GPUS
+from tts_engine.study.analysis import compute_optimal, with_difficulty
+from tts_engine.study.report import publish
+from tts_engine.study.store import read_rows
+
+
+def redraw(out: str, gpu: str | None = None, rules: tuple[str, ...] | None = None) -> dict:
+    """The report of the rows in OUT, as the study wrote it (its GPU unless gpu is given)."""
+    path = os.path.join(out, "summary.json")
+    before = json.load(open(path)) if os.path.isfile(path) else {}
+    # (read only: a study may still be appending to them)
+    rows = read_rows(os.path.join(out, "results.jsonl"), repair=False)
+    estimates = read_rows(os.path.join(out, "difficulty.jsonl"), repair=False)
+    rows = with_difficulty([r for r in rows if r["method"] != "compute-optimal"], estimates)
+    derived, choices = [], []
+    budgets = sorted({c["n"] for c in before.get("compute_optimal", [])})
+    if budgets:
+        derived, choices = compute_optimal(rows, estimates, budgets)
+    throughput = before.get("throughput") or {"replicas": [], "tokens_per_s": 0.0, "seconds": 0.0,
+                                              "stage_seconds": {}}
+    return publish(out, rows + derived, choices, before.get("pretraining_flops", {}), throughput,
+                   gpu or before.get("gpu", "h100"), rules)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", help="a study's output folder (with results.jsonl)")
+    ap.add_argument("--gpu", choices=sorted(GPUS),
+                    help="the GPU whose FLOPs per byte cost the bytes moved (default: the study's)")
+    ap.add_argument("--rule", nargs="+", help="aggregation rules in the full table (default: majority, "
+                    "prm_last_max, prm_last_vote and compute-optimal's)")
+    args = ap.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.out, "results.jsonl")):
+        print(f"error: {args.out!r} holds no results.jsonl (not a study's folder?)", file=sys.stderr)
+        return 2
+    try:
+        redraw(args.out, args.gpu, tuple(args.rule) if args.rule else None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
