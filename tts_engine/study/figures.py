@@ -90,10 +90,10 @@ def _cot_points(ax, summary: list[dict], x, data: list, panel: str, figure: str,
                    label=f"{top['policy']} CoT (reference)")
 
 
-def _finish(fig, ax_or_axes, title: str) -> None:
+def _finish(fig, ax_or_axes, title: str, bottom: float = -0.02) -> None:
     axes = ax_or_axes if isinstance(ax_or_axes, list) else [ax_or_axes]
     for ax in axes:
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylim(bottom, 1.02)
         ax.grid(alpha=0.3)
     handles, labels = {}, {}
     for ax in axes:
@@ -128,7 +128,8 @@ def headline_figure(summary: list[dict], rules: dict[tuple, str], x_key: str = "
     ax.set_ylabel("accuracy (all problems)")
     title = ("Search with a small policy against the large policy's CoT" if name == "headline" else
              "The same, with memory traffic costed (eFLOPs)")
-    _finish(fig, ax, title)
+    lows = [row[5] for row in data]
+    _finish(fig, ax, title, max(-0.02, min(lows, default=0.0) - 0.05))      # (zoomed on what it draws)
     return fig, data
 
 
