@@ -3,6 +3,7 @@ kill (SIGKILL, even mid-write) and a restart with the same command lose and dupl
 input exits 2 before any model is loaded."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -84,6 +85,13 @@ def test_study_end_to_end(study_inputs, tmp_path, capsys):
         assert s["eflops_inference"] == pytest.approx(cost)
     assert report([str(tmp_path / "nothing")]) == 2
     assert "holds no results.jsonl" in capsys.readouterr().err
+    # one rule for every method's line (and the table); a rule the study has not is refused
+    assert report([str(tmp_path), "--rule", "majority"]) == 0
+    labels = [row["line"] for row in csv.DictReader(open(tmp_path / "headline.csv"))]
+    assert {lab for lab in labels if "CoT" not in lab} == {f"{os.path.basename(policy)} {m} (majority)"
+                                                           for m in ("bon", "beam", "dvts")}
+    assert report([str(tmp_path), "--rule", "best"]) == 2
+    assert "--rule 'best' is none of this study's rules" in capsys.readouterr().err
 
 
 def test_killed_study_resumes_without_loss_or_duplicates(study_inputs, tmp_path):

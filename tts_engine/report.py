@@ -1,12 +1,12 @@
 """Redraw a study's report from its folder, without loading a model:
 
-    python -m tts_engine.report OUT [--gpu h100] [--rule RULE ...]
+    python -m tts_engine.report OUT [--gpu h100] [--rule RULE]
 
 reads OUT/results.jsonl and OUT/difficulty.jsonl (every row in them), and from the study's own
 OUT/summary.json the pre-training FLOPs, the throughput and the budgets compute-optimal was asked
 for; writes OUT/summary.json and the figures again and prints the tables. With the study's own
 settings it reproduces the study's summary exactly; --gpu costs memory traffic for another GPU's
-arithmetic intensity (eFLOPs), --rule picks the aggregation rules the full table shows.
+arithmetic intensity (eFLOPs), --rule draws every method with one aggregation rule.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tts_engine.study.report import publish
 from tts_engine.study.store import read_rows
 
 
-def redraw(out: str, gpu: str | None = None, rules: tuple[str, ...] | None = None) -> dict:
+def redraw(out: str, gpu: str | None = None, rule: str | None = None) -> dict:
     """The report of the rows in OUT, as the study wrote it (its GPU unless gpu is given)."""
     path = os.path.join(out, "summary.json")
     before = json.load(open(path)) if os.path.isfile(path) else {}
@@ -36,7 +36,7 @@ def redraw(out: str, gpu: str | None = None, rules: tuple[str, ...] | None = Non
     throughput = before.get("throughput") or {"replicas": [], "tokens_per_s": 0.0, "seconds": 0.0,
                                               "stage_seconds": {}}
     return publish(out, rows + derived, choices, before.get("pretraining_flops", {}), throughput,
-                   gpu or before.get("gpu", "h100"), rules)
+                   gpu or before.get("gpu", "h100"), rule)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,14 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="a study's output folder (with results.jsonl)")
     ap.add_argument("--gpu", choices=sorted(GPUS),
                     help="the GPU whose FLOPs per byte cost the bytes moved (default: the study's)")
-    ap.add_argument("--rule", nargs="+", help="aggregation rules in the full table (default: majority, "
-                    "prm_last_max, prm_last_vote and compute-optimal's)")
+    ap.add_argument("--rule", help="one aggregation rule for every method's line and the full table "
+                    "(default: each method's best in the figures; majority, prm_last_max, prm_last_vote "
+                    "and compute-optimal's in the table)")
     args = ap.parse_args(argv)
     if not os.path.isfile(os.path.join(args.out, "results.jsonl")):
         print(f"error: {args.out!r} holds no results.jsonl (not a study's folder?)", file=sys.stderr)
         return 2
     try:
-        redraw(args.out, args.gpu, tuple(args.rule) if args.rule else None)
+        rules = {rule for r in read_rows(os.path.join(args.out, "results.jsonl"), repair=False)
+                 for rule in r["correct"]}
+        if args.rule is not None and args.rule not in rules:
+            print(f"error: --rule {args.rule!r} is none of this study's rules ({', '.join(sorted(rules))})",
+                  file=sys.stderr)
+            return 2
+        redraw(args.out, args.gpu, args.rule)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -190,15 +190,19 @@ def rules_figure(summary: list[dict]):
     return fig, data
 
 
-def draw(out: str, summary: list[dict], rows: list[dict]) -> dict[str, object]:
+def draw(out: str, summary: list[dict], rows: list[dict], rule: str | None = None) -> dict[str, object]:
     """Every figure written to OUT (PNG and CSV); returns them by name (closed, for a look at what
-    they draw)."""
+    they draw). rule: every method's line uses this aggregation rule (as the paper's figures fix one),
+    instead of its best one (headline) or the calibration half's (by N)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     best = best_rules(summary)
+    by_n = calibrated_rules(rows) or best
+    if rule is not None:
+        best = by_n = {key: rule for key in best}
     figures = {"headline": headline_figure(summary, best),
-               "accuracy_vs_n": n_figure(summary, calibrated_rules(rows) or best),
+               "accuracy_vs_n": n_figure(summary, by_n),
                "rules": rules_figure(summary),
                "accuracy_vs_eflops": headline_figure(summary, best, "eflops_inference",
                                                      "inference eFLOPs per problem", "accuracy_vs_eflops")}

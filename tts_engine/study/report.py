@@ -106,10 +106,11 @@ def headline(summary: list[dict]) -> list[str]:
 
 
 def publish(out: str, rows: list[dict], choices: list[dict], pretrain: dict[str, int],
-            throughput: dict, gpu: str = "h100", rules: tuple[str, ...] | None = None) -> dict:
+            throughput: dict, gpu: str = "h100", rule: str | None = None) -> dict:
     """The summary of `rows` written to OUT/summary.json with the compute-optimal choices, the
     pre-training FLOPs and the throughput; printed, the headline and the compute-optimal choices
-    first; and drawn (study/figures.py). rules: the aggregation rules the full table shows."""
+    first; and drawn (study/figures.py). rule: the one aggregation rule the full table and the
+    figures' lines show (default: the main ones in the table, each method's best in the figures)."""
     summary = summarize(rows, pretrain, gpu)
     report = {"rows": summary, "compute_optimal": choices, "pretraining_flops": pretrain,
               "throughput": throughput, "gpu": gpu}
@@ -121,9 +122,9 @@ def publish(out: str, rows: list[dict], choices: list[dict], pretrain: dict[str,
         for t in choices:
             print(f"  {t['policy']} + {t['prm']}: {t['bin']:<7} N={t['n']:<4} "
                   f"{t['method']} / {t['aggregation']}")
-    print("\n" + (table(summary, rules) if rules else table(summary)))
+    print("\n" + (table(summary, (rule, "table")) if rule else table(summary)))
     print("\n".join(throughput_lines(throughput)))
-    draw(out, summary, rows)
+    draw(out, summary, rows, rule)
     return report
 
 
