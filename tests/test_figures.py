@@ -136,3 +136,30 @@ def test_accuracy_against_eflops_and_the_csvs(made):
                                                                     ax.get_title())]
                 assert [float(r["accuracy"]) for r in mine] == pytest.approx(ys), (name, label)
                 assert [float(r["x"]) for r in mine] == pytest.approx(xs), (name, label)
+
+
+def test_edge_studies_draw(tmp_path):
+    """A CoT-only study at 0% and 100% (intervals touching the ends), rows written before bytes were
+    counted (no eFLOPs figure), and two PRMs for one policy (their lines told apart by label and
+    style)."""
+    cot = [result(p, None, "cot", 1, i, {"majority": p == "large"}, 100, "easy") for p in ("small", "large")
+           for i in IDS[:6]]
+    for r in cot:
+        del r["bytes"]
+    summary = summarize(cot, {})
+    assert {s["accuracy"] for s in summary} == {0.0, 1.0}
+    figs = draw(str(tmp_path), summary, cot)
+    assert set(figs) == {"headline", "accuracy_vs_n"}            # no search, no bytes
+    (ax,) = figs["headline"].axes
+    for c in ax.containers:                                       # bars end at the point, not past it
+        (bars,) = c.lines[2]
+        (low, high), = [(seg[0][1], seg[1][1]) for seg in bars.get_segments()]
+        assert 0.0 <= low <= high <= 1.0
+    two = [result("small", prm, "bon", n, i, {"majority": prm == "a"}, 100 * n, "easy")
+           for prm in ("a", "b") for n in (4, 16) for i in IDS[:4]]
+    summary = summarize(two, {})
+    figs = draw(str(tmp_path), summary, two)
+    (ax,) = figs["headline"].axes
+    styles = {ln.get_label(): ln.get_linestyle() for ln in ax.get_lines()
+              if not ln.get_label().startswith("_")}
+    assert styles == {"small + a bon (majority)": "-", "small + b bon (majority)": "--"}

@@ -97,3 +97,28 @@ def test_bytes_moved_by_hand(tiny_llama):
     assert shared.weight_bytes == pytest.approx(forked.weight_bytes)
     assert shared.kv_read_bytes == pytest.approx((10 + (10 + 3 * 1) + (10 + 3 * 2)) * kv)
     assert shared.kv_write_bytes == pytest.approx(forked.kv_write_bytes)
+
+
+def test_bytes_are_the_same_when_the_host_overlaps_the_device(tiny_llama):
+    """With overlap, a step is planned before the one before it is seen, so a sequence that the
+    earlier step stopped still has a (wasted) row in it: the live rows share that step's reads, and
+    every request moves the bytes it moves when stepping synchronously. One request stops on a
+    stop token it samples, the other runs on; cascade on (the prompt is shared)."""
+    prompt = list(range(10, 30))
+    probe = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048)
+    first = probe.generate({"prompt_token_ids": prompt}, SamplingParams(temperature=0, max_tokens=6,
+                                                                     ignore_eos=True), use_tqdm=False)
+    stop = first[0].outputs[0].token_ids[2]
+    works = {}
+    for overlap in (False, True):
+        llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=2048, overlap=overlap)
+        llm.engine.runner.cascade_min_work = 1
+        outs = llm.generate([{"prompt_token_ids": prompt}] * 2,
+                            [SamplingParams(temperature=0, max_tokens=8, stop_token_ids=[stop]),
+                             SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)], use_tqdm=False)
+        assert len(outs[0].outputs[0].token_ids) <= 3 and len(outs[1].outputs[0].token_ids) == 8
+        st = llm.stats()
+        works[overlap] = [(o.work.weight_bytes, o.work.kv_read_bytes, o.work.kv_write_bytes) for o in outs]
+        total = [sum(w[k] for w in works[overlap]) for k in range(3)]
+        assert total == pytest.approx([st["weight_bytes"], st["kv_read_bytes"], st["kv_write_bytes"]])
+    assert works[True] == [pytest.approx(w) for w in works[False]]

@@ -71,10 +71,24 @@ def test_study_end_to_end(study_inputs, tmp_path, capsys):
     for name in ("headline", "accuracy_vs_n", "rules", "accuracy_vs_eflops"):     # (their content:
         assert (tmp_path / f"{name}.png").stat().st_size > 0                       # test_figures.py)
         assert (tmp_path / f"{name}.csv").read_text().startswith("figure,panel,line,x,accuracy,low,high")
-    # the report redrawn from the folder alone gives the same summary
+    # the report redrawn from the folder alone gives the same summary, in another process too (the
+    # order of sets differs there)
     from tts_engine.report import main as report
     assert report([str(tmp_path)]) == 0
     assert json.load(open(tmp_path / "summary.json")) == summary
+    res = subprocess.run([sys.executable, "-m", "tts_engine.report", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONHASHSEED": "7"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.load(open(tmp_path / "summary.json")) == summary
+    # a second command on the same folder (CoT only) reports its own rows; so does the redraw after it
+    assert main(args(data, policy, prm, tmp_path, "--limit", "4", "--method", "cot")) == 0
+    second = json.load(open(tmp_path / "summary.json"))
+    assert {s["method"] for s in second["rows"]} == {"cot"}
+    assert report([str(tmp_path)]) == 0 and json.load(open(tmp_path / "summary.json")) == second
+    capsys.readouterr()
+    assert main(args(data, policy, prm, tmp_path, "--limit", "4", "--method", "cot", "bon", "beam", "dvts",
+                     "compute-optimal", "--pretrain-tokens", f"{os.path.basename(policy)}=1000000")) == 0
     # another GPU's intensity costs the same bytes differently; a folder without results is refused
     from tts_engine.flops import GPUS
     assert report([str(tmp_path), "--gpu", "a100"]) == 0
@@ -92,6 +106,14 @@ def test_study_end_to_end(study_inputs, tmp_path, capsys):
                                                            for m in ("bon", "beam", "dvts")}
     assert report([str(tmp_path), "--rule", "best"]) == 2
     assert "--rule 'best' is none of this study's rules" in capsys.readouterr().err
+    # a folder whose files are not a study's: one line, exit 2
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.jsonl").write_text(json.dumps({"method": "cot"}) + "\n")
+    assert report([str(bad)]) == 2 and "is not a study's (KeyError" in capsys.readouterr().err
+    (bad / "results.jsonl").write_text((tmp_path / "results.jsonl").read_text())
+    (bad / "summary.json").write_text("[]")
+    assert report([str(bad)]) == 2 and "expected a JSON object" in capsys.readouterr().err
 
 
 def test_killed_study_resumes_without_loss_or_duplicates(study_inputs, tmp_path):

@@ -282,6 +282,7 @@ class PRM:
         encoded = self.engine.encode(prompts, [[p for p, _ in new] for new in positions],
                                      ids_from_tokenizer=True, after=after) if prompts else []
         new_scores, head_bytes = {}, self.engine.head_weight_bytes(self.family.columns)
+        all_tags = sum(map(len, positions))
         if encoded:
             columns = self.family.columns
             out = self.engine.apply_head(torch.cat([e.hidden for e in encoded]), columns)
@@ -302,7 +303,7 @@ class PRM:
                 work = encoded[index].work
                 tags = len(positions[index])
                 work.flops += self.engine.head_flops(tags, self.family.columns)
-                work.weight_bytes += head_bytes * tags / len(pending)      # (one head call for all)
+                work.weight_bytes += head_bytes * tags / all_tags      # (one head call for all)
             works.append(work)
         return out, works
 

@@ -2,41 +2,51 @@
 
     python -m tts_engine.report OUT [--gpu h100] [--rule RULE]
 
-reads OUT/results.jsonl and OUT/difficulty.jsonl (every row in them), and from the study's own
-OUT/summary.json the pre-training FLOPs, the throughput and the budgets compute-optimal was asked
-for; writes OUT/summary.json and the figures again and prints the tables. With the study's own
-settings it reproduces the study's summary exactly; --gpu costs memory traffic for another GPU's
-arithmetic intensity (eFLOPs), --rule draws every method with one aggregation rule.
+reads OUT/results.jsonl and OUT/difficulty.jsonl (the rows the study's last command covered), and
+from the study's own OUT/summary.json that command, the pre-training FLOPs, the throughput and the
+budgets compute-optimal was asked for; writes OUT/summary.json and the figures again and prints
+the tables. With the study's own settings it reproduces the study's summary exactly; --gpu costs
+memory traffic for another GPU's arithmetic intensity (eFLOPs), --rule draws every method with one
+aggregation rule.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from tts_engine.flops import GPUS
-from tts_engine.study.analysis import compute_optimal, with_difficulty
+from tts_engine.loader import read_json
+from tts_engine.study.analysis import compute_optimal, select, with_difficulty
 from tts_engine.study.report import publish
 from tts_engine.study.store import read_rows
 
 
 def redraw(out: str, gpu: str | None = None, rule: str | None = None) -> dict:
-    """The report of the rows in OUT, as the study wrote it (its GPU unless gpu is given)."""
+    """The report of the rows in OUT as the study's last command wrote it: the rows it covered
+    (every row when its summary.json does not say), its GPU unless gpu is given."""
     path = os.path.join(out, "summary.json")
-    before = json.load(open(path)) if os.path.isfile(path) else {}
+    before = read_json(path) if os.path.isfile(path) else {}
+    if not before:
+        print(f"note: no summary.json in {out}: pre-training FLOPs, throughput and compute-optimal are "
+              f"left out, and every row is reported", file=sys.stderr)
     # (read only: a study may still be appending to them)
     rows = read_rows(os.path.join(out, "results.jsonl"), repair=False)
     estimates = read_rows(os.path.join(out, "difficulty.jsonl"), repair=False)
-    rows = with_difficulty([r for r in rows if r["method"] != "compute-optimal"], estimates)
+    if before.get("command"):
+        rows, estimates = select(rows, estimates, before["command"])
+    if not rows:
+        raise ValueError(f"{out}: no result rows to report")
+    rows = with_difficulty(rows, estimates)
     derived, choices = [], []
     budgets = sorted({c["n"] for c in before.get("compute_optimal", [])})
     if budgets:
         derived, choices = compute_optimal(rows, estimates, budgets)
     throughput = before.get("throughput") or {"replicas": [], "tokens_per_s": 0.0, "seconds": 0.0,
                                               "stage_seconds": {}}
-    return publish(out, rows + derived, choices, before.get("pretraining_flops", {}), throughput,
-                   gpu or before.get("gpu", "h100"), rule)
+    gpu = gpu or (before.get("gpu") if before.get("gpu") in GPUS else "h100")
+    return publish(out, rows + derived, choices, before.get("pretraining_flops", {}), throughput, gpu, rule,
+                   before.get("command"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         redraw(args.out, args.gpu, args.rule)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError, AttributeError) as e:      # rows or a summary not of a study's shape
+        print(f"error: {args.out}: its results.jsonl or summary.json is not a study's ({type(e).__name__}: "
+              f"{e})", file=sys.stderr)
         return 2
     return 0
 

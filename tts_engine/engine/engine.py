@@ -242,15 +242,22 @@ class Engine:
         cfg, total, tr = self.model_config, 0, self.traffic
         token, per_key, window = self._decode_cost
         lens = batch.decode_lens if window is None else [min(n, window) for n in batch.decode_lens]
-        # the step's weights, split by its tokens (decoder) and its head rows (head)
-        rows = len(batch.decode) + sum(int(c.samples) for c in batch.prefill)
-        tokens = len(batch.decode) + sum(c.end - c.start for c in batch.prefill)
-        per_token = tr.decoder_weights / tokens + tr.embedding_row
+        # (a row of a sequence that the step before finished is wasted: the live rows share the
+        # step's reads, so that the sequences' bytes add up to the step's)
+        live = [seq.status is not Status.FINISHED for seq in batch.decode]
+        # the step's weights, split by its live tokens (decoder) and head rows (head)
+        rows = sum(live) + sum(int(c.samples) for c in batch.prefill)
+        tokens = sum(live) + sum(c.end - c.start for c in batch.prefill)
+        per_token = tr.decoder_weights / tokens + tr.embedding_row if tokens else 0.0
         per_row = tr.head_weights / rows if rows else 0.0
         weights = reads = writes = 0.0
-        reads_of = batch.decode_reads or [float(n) for n in batch.decode_lens]   # (a batch not prepared)
-        for seq, n, keys in zip(batch.decode, lens, reads_of):
-            if seq.status is not Status.FINISHED:
+        keys_of = [float(n) for n in (batch.decode_lens if batch.decode_own is None else batch.decode_own)]
+        for span, members in batch.decode_shared:        # each cascade span once, among its live rows
+            readers = [r for r in members if live[r]]
+            for r in readers:
+                keys_of[r] += span / len(readers)
+        for seq, n, keys, alive in zip(batch.decode, lens, keys_of, live):
+            if alive:
                 seq.flops += (f := token + per_key * n)
                 total += f
                 seq.weight_bytes += per_token + per_row

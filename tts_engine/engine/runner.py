@@ -123,12 +123,10 @@ class ModelRunner:
         levels, starts = self.cascade_levels(batch.decode)
         ints["decode_starts"] = starts
         ints["decode_lens"] = lens = [n - st for n, st in zip(batch.decode_lens, starts)]
-        batch.decode_reads = reads = [float(n) for n in lens]       # own suffixes, then shared spans
+        batch.decode_own = lens
+        batch.decode_shared = [(g.end - g.start, g.rows) for groups in levels for g in groups]
         shapes = []
         for k, groups in enumerate(levels):
-            for g in groups:
-                for r in g.rows:
-                    reads[r] += (g.end - g.start) / len(g.rows)
             width = max(len(g.rows) for g in groups)
             shapes.append((len(groups), width, max(g.end - g.start for g in groups)))
             ints[f"level{k}"] = ([g.table_row for g in groups] + [g.start for g in groups]

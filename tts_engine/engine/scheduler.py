@@ -56,9 +56,11 @@ class ScheduledBatch:
     # (table row, tree node): the row's first node.depth entries are the tree's slots on the path
     # to node (a context admitted on a cached prefix, or a row that adopted the tree's copies)
     fills: list[tuple[int, Node]] = field(default_factory=list)
-    # context tokens each decode row's attention reads, a cascade span's split among its sharers
-    # (set by the runner when it plans the step; engine/traffic.py)
-    decode_reads: list[float] = field(default_factory=list)
+    # what each decode row's attention reads (set by the runner when it plans the step, for
+    # engine/traffic.py's counts): its own context tokens, and the cascade spans read once for
+    # several rows (tokens, rows)
+    decode_own: list[int] | None = None
+    decode_shared: list[tuple[int, list[int]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)

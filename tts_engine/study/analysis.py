@@ -35,6 +35,24 @@ def with_difficulty(rows: list[dict], estimates: list[dict]) -> list[dict]:
     return [{**r, "difficulty": bins.get((r["policy"], r["id"]), bins.get((first, r["id"])))} for r in rows]
 
 
+def select(rows: list[dict], estimates: list[dict], command: dict) -> tuple[list[dict], list[dict]]:
+    """The result and difficulty rows a command covers (plan.this_command)."""
+    ids, policies, prms = set(command["ids"]), set(command["policies"]), set(command["prms"])
+    cot_only, searches, budgets = set(command["cot_only"]), set(command["searches"]), set(command["n"])
+
+    def wanted(r):
+        if r["id"] not in ids or r["policy"] not in policies:
+            return False
+        if r["method"] == "cot":
+            return command["cot"] and r["prm"] is None
+        return (r["method"] in searches and r["policy"] not in cot_only and r["prm"] in prms
+                and r["n"] in budgets)
+
+    kept = [d for d in estimates if d["id"] in ids and d["policy"] in policies - cot_only
+            and (d["prm"] in prms if d["prm"] is not None else not prms)]
+    return [r for r in rows if wanted(r)], kept
+
+
 def calibration(problem_id: str) -> bool:
     """A fixed half of the problems, by a hash of the id (the same whatever else is run)."""
     return hashlib.blake2b(problem_id.encode(), digest_size=1).digest()[0] % 2 == 0

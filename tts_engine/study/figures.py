@@ -30,8 +30,20 @@ RULE_COLOURS = ("tab:gray", "tab:blue", "tab:cyan", "tab:orange", "tab:red", "ta
 SEARCHES = ("bon", "beam", "dvts")
 
 
+LINESTYLES = ("-", "--", "-.", ":")
+
+
 def style(method: str) -> tuple[str, str]:
     return STYLE.get(method, ("tab:purple", "x"))
+
+
+def who(summary: list[dict], policy: str, prm: str | None) -> tuple[str, str]:
+    """A line's policy in its label (with its PRM when the study has several) and its line style
+    (one per PRM, so that two PRMs' lines of a method differ)."""
+    prms = sorted({s["prm"] for s in summary if s["prm"] is not None})
+    if len(prms) < 2 or prm is None:
+        return policy, "-"
+    return f"{policy} + {prm}", LINESTYLES[prms.index(prm) % len(LINESTYLES)]
 
 
 def best_rules(summary: list[dict]) -> dict[tuple, str]:
@@ -79,7 +91,9 @@ def _cot_points(ax, summary: list[dict], x, data: list, panel: str, figure: str,
     for s in cots:
         colour, marker = style("cot")
         lo, hi = s["accuracy_ci95"]
-        ax.errorbar([x(s)], [s["accuracy"]], yerr=[[s["accuracy"] - lo], [hi - s["accuracy"]]], color=colour,
+        # (clamped: at 0% or 100% the interval's far end can sit a rounding error past the point)
+        err = [[max(0.0, s["accuracy"] - lo)], [max(0.0, hi - s["accuracy"])]]
+        ax.errorbar([x(s)], [s["accuracy"]], yerr=err, color=colour,
                     marker=marker, linestyle="none", capsize=3, label=f"{s['policy']} CoT")
         ax.annotate(f"{s['policy']} CoT", (x(s), s["accuracy"]), textcoords="offset points", xytext=(6, -12),
                     fontsize=7)
@@ -120,8 +134,9 @@ def headline_figure(summary: list[dict], rules: dict[tuple, str], x_key: str = "
                (policy, prm, method) and s["aggregation"] == rule and s.get(x_key) is not None]
         if pts:
             colour, marker = style(method)
-            label = f"{policy} {method} ({rule})"
-            data += [(name, "all", label, *p) for p in _line(ax, pts, x, label, colour, marker)]
+            name_of, dash = who(summary, policy, prm)
+            label = f"{name_of} {method} ({rule})"
+            data += [(name, "all", label, *p) for p in _line(ax, pts, x, label, colour, marker, dash)]
     _cot_points(ax, [s for s in summary if s.get(x_key) is not None], x, data, "all", name, reference=True)
     ax.set_xscale("log")
     ax.set_xlabel(x_label)
@@ -136,6 +151,8 @@ def headline_figure(summary: list[dict], rules: dict[tuple, str], x_key: str = "
 def n_figure(summary: list[dict], rules: dict[tuple, str]):
     import matplotlib.pyplot as plt
     bins = [b for b in BIN_ORDER if any(s["difficulty"] == b for s in summary)]
+    if not bins:
+        return None, []
     fig, axes = plt.subplots(1, len(bins), figsize=(3.6 * len(bins), 3.8), squeeze=False, sharey=True)
     data: list[tuple] = []
     for ax, b in zip(axes[0], bins):
@@ -144,15 +161,18 @@ def n_figure(summary: list[dict], rules: dict[tuple, str]):
                    (s["policy"], s["prm"], s["method"]) == (policy, prm, method)]
             if pts:
                 colour, marker = style(method)
-                label = f"{policy} {method} ({rule})"
+                name_of, dash = who(summary, policy, prm)
+                label = f"{name_of} {method} ({rule})"
                 data += [("accuracy_vs_n", b, label, *p) for p in _line(ax, pts, lambda s: s["n"], label,
-                                                                        colour, marker)]
+                                                                        colour, marker, dash)]
         optimal = [s for s in summary if s["difficulty"] == b and s["method"] == "compute-optimal"]
-        for policy in sorted({s["policy"] for s in optimal}):
+        for policy, prm in sorted({(s["policy"], s["prm"]) for s in optimal}):
             colour, marker = style("compute-optimal")
-            label = f"{policy} compute-optimal (held-out half)"
-            data += [("accuracy_vs_n", b, label, *p) for p in _line(
-                ax, [s for s in optimal if s["policy"] == policy], lambda s: s["n"], label, colour, marker)]
+            name_of, dash = who(summary, policy, prm)
+            label = f"{name_of} compute-optimal (held-out half)"
+            mine = [s for s in optimal if (s["policy"], s["prm"]) == (policy, prm)]
+            data += [("accuracy_vs_n", b, label, *p) for p in _line(ax, mine, lambda s: s["n"], label, colour,
+                                                                    marker, dash)]
         for s in (s for s in summary if s["difficulty"] == b and s["method"] == "cot"):
             ax.axhline(s["accuracy"], color="black", linestyle=":", linewidth=1, label=f"{s['policy']} CoT")
             data.append(("accuracy_vs_n", b, f"{s['policy']} CoT", None, s["accuracy"], *s["accuracy_ci95"]))
@@ -179,8 +199,9 @@ def rules_figure(summary: list[dict]):
                 lines[(s["policy"], s["prm"], s["aggregation"])].append(s)
         for (policy, prm, rule), pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
             colour = RULE_COLOURS[rules.index(rule) % len(RULE_COLOURS)]
-            label = rule if len({k[:2] for k in lines}) == 1 else f"{policy} {rule}"
-            drawn = _line(ax, pts, lambda s: s["n"], label, colour, ".")
+            name_of, dash = who(summary, policy, prm)
+            label = rule if len({k[:2] for k in lines}) == 1 else f"{name_of} {rule}"
+            drawn = _line(ax, pts, lambda s: s["n"], label, colour, ".", dash)
             data += [("rules", method, label, *p) for p in drawn]
         ax.set_xscale("log", base=2)
         ax.set_title(method)
@@ -198,14 +219,15 @@ def draw(out: str, summary: list[dict], rows: list[dict], rule: str | None = Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     best = best_rules(summary)
-    by_n = calibrated_rules(rows) or best
+    by_n = {**best, **calibrated_rules(rows)}      # (a method without calibration rows keeps its best)
     if rule is not None:
         best = by_n = {key: rule for key in best}
     figures = {"headline": headline_figure(summary, best),
                "accuracy_vs_n": n_figure(summary, by_n),
                "rules": rules_figure(summary),
                "accuracy_vs_eflops": headline_figure(summary, best, "eflops_inference",
-                                                     "inference eFLOPs per problem", "accuracy_vs_eflops")}
+                                                     "inference eFLOPs per problem", "accuracy_vs_eflops")
+               if any(s.get("eflops_inference") is not None for s in summary) else (None, [])}
     drawn = {}
     for name, (fig, data) in figures.items():
         if fig is None:

@@ -131,22 +131,12 @@ def plan_units(args, plan: Plan) -> list[Unit]:
     return units
 
 
-def this_command(args, plan: Plan) -> tuple[list[dict], list[dict]]:
-    """The result and difficulty rows of this command's policies, PRMs, methods, budgets and
-    problems (a folder may hold more, from earlier commands that extended it)."""
-    ids = {p.id for p in plan.problems}
-    policies = {model_name(p) for p in args.policy}
-    cot_only = {model_name(p) for p in args.cot_only}
-    prms = {model_name(p) for p in args.prm}
-    search = set(search_methods(args))
-
-    def wanted(r):
-        if r["id"] not in ids or r["policy"] not in policies:
-            return False
-        if r["method"] == "cot":
-            return "cot" in args.method and r["prm"] is None
-        return r["method"] in search and r["policy"] not in cot_only and r["prm"] in prms and r["n"] in args.n
-
-    estimates = [d for d in plan.difficulty.rows if d["id"] in ids and d["policy"] in policies - cot_only
-                 and (d["prm"] in prms if d["prm"] is not None else not prms)]
-    return [r for r in plan.results.rows if wanted(r)], estimates
+def this_command(args, plan: Plan) -> dict:
+    """What this command covers (a folder may hold more, from earlier commands that extended it):
+    its problems, policies, PRMs, methods and budgets, as analysis.select reads them (the report
+    keeps it in summary.json, so that a redraw covers the same rows)."""
+    return {"ids": sorted(p.id for p in plan.problems),
+            "policies": sorted(model_name(p) for p in args.policy),
+            "cot_only": sorted(model_name(p) for p in args.cot_only),
+            "prms": sorted(model_name(p) for p in args.prm), "cot": "cot" in args.method,
+            "searches": search_methods(args), "n": sorted(args.n)}

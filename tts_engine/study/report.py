@@ -38,8 +38,9 @@ def summarize(rows: list[dict], pretraining: dict[str, int], gpu: str = "h100") 
     for (policy, prm, method, n, rule, b), members in groups.items():
         k = sum(int(r["correct"][rule]) for r, _ in members)
         inference = sum(r["flops"]["policy"] + r["flops"]["prm"] for r, _ in members)
+        # (fsum: exactly rounded, so the same whatever order the rows come in)
         moved = None if any("bytes" not in r for r, _ in members) else \
-            sum(r["bytes"]["policy"] + r["bytes"]["prm"] for r, _ in members)
+            math.fsum(r["bytes"][side] for r, _ in members for side in ("policy", "prm"))
         out.append({
             "policy": policy, "prm": prm, "method": method, "n": n, "aggregation": rule, "difficulty": b,
             "problems": len(members), "accuracy": k / len(members), "accuracy_ci95": wilson(k, len(members)),
@@ -106,14 +107,16 @@ def headline(summary: list[dict]) -> list[str]:
 
 
 def publish(out: str, rows: list[dict], choices: list[dict], pretrain: dict[str, int],
-            throughput: dict, gpu: str = "h100", rule: str | None = None) -> dict:
+            throughput: dict, gpu: str = "h100", rule: str | None = None,
+            command: dict | None = None) -> dict:
     """The summary of `rows` written to OUT/summary.json with the compute-optimal choices, the
     pre-training FLOPs and the throughput; printed, the headline and the compute-optimal choices
     first; and drawn (study/figures.py). rule: the one aggregation rule the full table and the
-    figures' lines show (default: the main ones in the table, each method's best in the figures)."""
+    figures' lines show (default: the main ones in the table, each method's best in the figures);
+    command: what the study command covered (kept for a redraw: tts_engine/report.py)."""
     summary = summarize(rows, pretrain, gpu)
     report = {"rows": summary, "compute_optimal": choices, "pretraining_flops": pretrain,
-              "throughput": throughput, "gpu": gpu}
+              "throughput": throughput, "gpu": gpu, "command": command}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(report, f, indent=1)
     print("\n".join(headline(summary)))
