@@ -105,12 +105,12 @@ def test_study_end_to_end(study_inputs, tmp_path, capsys):
     assert {lab for lab in labels if "CoT" not in lab} == {f"{os.path.basename(policy)} {m} (majority)"
                                                            for m in ("bon", "beam", "dvts")}
     assert report([str(tmp_path), "--rule", "best"]) == 2
-    assert "--rule 'best' is none of this study's rules" in capsys.readouterr().err
+    assert "--rule 'best' is none of the rules of the rows reported" in capsys.readouterr().err
     # a folder whose files are not a study's: one line, exit 2
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "results.jsonl").write_text(json.dumps({"method": "cot"}) + "\n")
-    assert report([str(bad)]) == 2 and "is not a study's (KeyError" in capsys.readouterr().err
+    assert report([str(bad)]) == 2 and "row 1 is not a study row" in capsys.readouterr().err
     (bad / "results.jsonl").write_text((tmp_path / "results.jsonl").read_text())
     (bad / "summary.json").write_text("[]")
     assert report([str(bad)]) == 2 and "expected a JSON object" in capsys.readouterr().err
@@ -163,3 +163,25 @@ def test_unknown_method_exits_2(study_inputs, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(args(data, policy, prm, tmp_path, "--method", "mcts"))
     assert e.value.code == 2
+
+
+def test_the_redraw_counts_rows_as_the_study_does(study_inputs, tmp_path, capsys):
+    """A unit written twice (a crash between the write and the bookkeeping) and a unit cut by a
+    kill are in results.jsonl: the study counts the first once and not the second, and so does the
+    redraw; a figure the last command has nothing for leaves no file of an earlier one behind."""
+    from tts_engine.report import main as report
+    data, policy, prm = study_inputs
+    assert main(args(data, policy, prm, tmp_path, "--limit", "4", "--method", "cot", "bon")) == 0
+    summary = json.load(open(tmp_path / "summary.json"))
+    lines = (tmp_path / "results.jsonl").read_text().splitlines(keepends=True)
+    cot = [ln for ln in lines if json.loads(ln)["method"] == "cot"]
+    # first, 1 row of a 4-row unit (its answer flipped: were it counted, it would be the one kept)
+    torn = json.loads(cot[0])
+    torn = {**torn, "unit": "cut", "correct": {k: not v for k, v in torn["correct"].items()}}
+    (tmp_path / "results.jsonl").write_text(json.dumps(torn) + "\n" + "".join(lines) + "".join(cot))
+    assert report([str(tmp_path)]) == 0
+    assert json.load(open(tmp_path / "summary.json")) == summary
+    assert (tmp_path / "rules.png").exists()
+    assert main(args(data, policy, prm, tmp_path, "--limit", "4", "--method", "cot")) == 0
+    assert not (tmp_path / "rules.png").exists() and not (tmp_path / "rules.csv").exists()
+    capsys.readouterr()

@@ -18,8 +18,9 @@ import sys
 from tts_engine.flops import GPUS
 from tts_engine.loader import read_json
 from tts_engine.study.analysis import compute_optimal, select, with_difficulty
+from tts_engine.study.checks import UsageError
 from tts_engine.study.report import publish
-from tts_engine.study.store import read_rows
+from tts_engine.study.store import saved_rows
 
 
 def redraw(out: str, gpu: str | None = None, rule: str | None = None) -> dict:
@@ -30,13 +31,15 @@ def redraw(out: str, gpu: str | None = None, rule: str | None = None) -> dict:
     if not before:
         print(f"note: no summary.json in {out}: pre-training FLOPs, throughput and compute-optimal are "
               f"left out, and every row is reported", file=sys.stderr)
-    # (read only: a study may still be appending to them)
-    rows = read_rows(os.path.join(out, "results.jsonl"), repair=False)
-    estimates = read_rows(os.path.join(out, "difficulty.jsonl"), repair=False)
+    rows, estimates = saved_rows(out)
     if before.get("command"):
         rows, estimates = select(rows, estimates, before["command"])
     if not rows:
         raise ValueError(f"{out}: no result rows to report")
+    rules = {r for row in rows for r in row["correct"]}
+    if rule is not None and rule not in rules:
+        raise ValueError(f"--rule {rule!r} is none of the rules of the rows reported "
+                         f"({', '.join(sorted(rules))})")
     rows = with_difficulty(rows, estimates)
     derived, choices = [], []
     budgets = sorted({c["n"] for c in before.get("compute_optimal", [])})
@@ -44,6 +47,9 @@ def redraw(out: str, gpu: str | None = None, rule: str | None = None) -> dict:
         derived, choices = compute_optimal(rows, estimates, budgets)
     throughput = before.get("throughput") or {"replicas": [], "tokens_per_s": 0.0, "seconds": 0.0,
                                               "stage_seconds": {}}
+    if gpu is None and before.get("gpu", "h100") not in GPUS:
+        print(f"note: summary.json's gpu {before['gpu']!r} is not one this report knows: h100 instead",
+              file=sys.stderr)
     gpu = gpu or (before.get("gpu") if before.get("gpu") in GPUS else "h100")
     return publish(out, rows + derived, choices, before.get("pretraining_flops", {}), throughput, gpu, rule,
                    before.get("command"))
@@ -62,14 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.out!r} holds no results.jsonl (not a study's folder?)", file=sys.stderr)
         return 2
     try:
-        rules = {rule for r in read_rows(os.path.join(args.out, "results.jsonl"), repair=False)
-                 for rule in r["correct"]}
-        if args.rule is not None and args.rule not in rules:
-            print(f"error: --rule {args.rule!r} is none of this study's rules ({', '.join(sorted(rules))})",
-                  file=sys.stderr)
-            return 2
         redraw(args.out, args.gpu, args.rule)
-    except ValueError as e:
+    except (ValueError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (KeyError, TypeError, AttributeError) as e:      # rows or a summary not of a study's shape

@@ -8,7 +8,9 @@ is the embedding matrix, read whole). Attention reads each sequence's K/V: a pre
 token its context, except the spans that cascade reads once for all of their sharers (each
 sharer is charged its part); every computed token writes its K/V once. A step's shared reads
 (the weights, a cascade span) are split among the sequences that use them, so the bytes of all
-sequences add up to the step's.
+sequences add up to the step's. (Under overlap a step may hold the row of a sequence the step
+before finished: the live rows share that step's reads, and a step of wasted rows only is left
+out of the counts.)
 """
 from __future__ import annotations
 

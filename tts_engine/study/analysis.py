@@ -99,7 +99,7 @@ def compute_optimal(rows: list[dict], estimates: list[dict], budgets: list[int]
     itself as rows (policy, prm, bin, n, method, aggregation)."""
     measured = measured_bins(estimates)
     estimated = {(d["policy"], d["prm"], d["id"]): bin_of(d["prm_mean"]) for d in estimates}
-    ids = {r["id"] for r in rows}
+    ids = sorted({r["id"] for r in rows})     # (in a fixed order: the derived rows' order follows it)
     derived, tables = [], []
     for policy, prm in sorted({(r["policy"], r["prm"]) for r in rows if r["prm"]}):
         mine = [r for r in rows if r["policy"] == policy and r["prm"] == prm]

@@ -230,7 +230,10 @@ def draw(out: str, summary: list[dict], rows: list[dict], rule: str | None = Non
                if any(s.get("eflops_inference") is not None for s in summary) else (None, [])}
     drawn = {}
     for name, (fig, data) in figures.items():
-        if fig is None:
+        if fig is None:                  # (nothing to draw: none left from an earlier command either)
+            for ext in ("png", "csv"):
+                if os.path.exists(path := os.path.join(out, f"{name}.{ext}")):
+                    os.remove(path)
             continue
         fig.savefig(os.path.join(out, f"{name}.png"), dpi=120, bbox_inches="tight")
         plt.close(fig)

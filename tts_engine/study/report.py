@@ -53,7 +53,7 @@ def summarize(rows: list[dict], pretraining: dict[str, int], gpu: str = "h100") 
             "bytes_inference": moved, "gpu": gpu,
             "eflops_inference": None if moved is None else eflops(inference, moved, gpu),
             "tokens": sum(r["tokens"]["policy"] + r["tokens"]["prm"] for r, _ in members),
-            "seconds": sum(r["seconds"] for r, _ in members)})
+            "seconds": math.fsum(r["seconds"] for r, _ in members)})
     out.sort(key=lambda x: (x["policy"], x["prm"] or "", BIN_ORDER.index(x["difficulty"]), x["method"],
                             x["n"], x["aggregation"]))
     return out

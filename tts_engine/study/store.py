@@ -42,29 +42,16 @@ class Store:
 
     def __init__(self, path: str, key: str, row_key: Callable[[dict], tuple]):
         self.path, self.row_key = path, row_key
-        rows, seen = [], set()
-        for i, r in enumerate(read_rows(path)):
-            try:
-                entry = (r["unit"], row_key(r))
-            except (KeyError, TypeError):
-                raise UsageError(f"{path}: row {i + 1} is not a study row (no unit, or keys missing): start "
-                                 f"a new folder (--out NEW)") from None
-            if entry not in seen:          # a unit written twice counts once
-                seen.add(entry)
-                rows.append(r)
-        count = Counter(r["unit"] for r in rows)
-        whole = [r for r in rows if count[r["unit"]] == r.get("unit_size")]
+        rows = read_rows(path)
+        whole = whole_units(rows, row_key, path)
         if len(whole) < len(rows):
             self._rewrite(whole)
         alien = [r for r in whole if r.get("settings") != key]
         if alien:
             raise UsageError(f"{path} holds {len(alien)} rows made with settings {alien[0].get('settings')}, "
                              f"not this folder's manifest.json ({key}): start a new folder (--out NEW)")
-        self.rows, self.done = [], set()
-        for r in whole:                    # one row per problem, the first written
-            if row_key(r) not in self.done:
-                self.done.add(row_key(r))
-                self.rows.append(r)
+        self.rows = first_per_key(whole, row_key)
+        self.done = {row_key(r) for r in self.rows}
 
     def add_unit(self, rows: list[dict]) -> None:
         """Append a unit's rows together (they already carry settings, unit and unit_size). Once
@@ -90,9 +77,49 @@ class Store:
         os.replace(self.path + ".tmp", self.path)
 
 
+def whole_units(rows: list[dict], row_key: Callable[[dict], tuple], path: str) -> list[dict]:
+    """The rows of whole units (a unit cut by a kill is left out), a unit written twice once."""
+    kept, seen = [], set()
+    for i, r in enumerate(rows):
+        try:
+            entry = (r["unit"], row_key(r))
+        except (KeyError, TypeError):
+            raise UsageError(f"{path}: row {i + 1} is not a study row (no unit, or keys missing): start "
+                             f"a new folder (--out NEW)") from None
+        if entry not in seen:
+            seen.add(entry)
+            kept.append(r)
+    count = Counter(r["unit"] for r in kept)
+    return [r for r in kept if count[r["unit"]] == r.get("unit_size")]
+
+
+def first_per_key(rows: list[dict], row_key: Callable[[dict], tuple]) -> list[dict]:
+    """One row per key (per problem of a policy, PRM, method and N): the first written."""
+    out, done = [], set()
+    for r in rows:
+        if row_key(r) not in done:
+            done.add(row_key(r))
+            out.append(r)
+    return out
+
+
+def result_key(r: dict) -> tuple:
+    return r["policy"], r["prm"], r["method"], r["n"], r["id"]
+
+
+def difficulty_key(r: dict) -> tuple:
+    return r["policy"], r["prm"], r["id"]
+
+
 def open_stores(out: str, key: str) -> tuple[Store, Store]:
     """The folder's two files: results.jsonl (a row per policy, PRM, method, N and problem) and
     difficulty.jsonl (a row per policy, PRM and problem)."""
-    return (Store(os.path.join(out, "results.jsonl"), key,
-                  lambda r: (r["policy"], r["prm"], r["method"], r["n"], r["id"])),
-            Store(os.path.join(out, "difficulty.jsonl"), key, lambda r: (r["policy"], r["prm"], r["id"])))
+    return (Store(os.path.join(out, "results.jsonl"), key, result_key),
+            Store(os.path.join(out, "difficulty.jsonl"), key, difficulty_key))
+
+
+def saved_rows(out: str) -> tuple[list[dict], list[dict]]:
+    """The result and difficulty rows of a folder as the study counts them (whole units, a row per
+    key), read only: a study may still be appending to them."""
+    return tuple(first_per_key(whole_units(read_rows(os.path.join(out, name), repair=False), key, name), key)
+                 for name, key in (("results.jsonl", result_key), ("difficulty.jsonl", difficulty_key)))
