@@ -17,7 +17,7 @@ import sys
 
 from tts_engine.flops import GPUS
 from tts_engine.loader import read_json
-from tts_engine.study.analysis import compute_optimal, select, with_difficulty
+from tts_engine.study.analysis import analyse, select
 from tts_engine.study.checks import UsageError
 from tts_engine.study.report import publish
 from tts_engine.study.store import saved_rows
@@ -40,18 +40,16 @@ def redraw(out: str, gpu: str | None = None, rule: str | None = None) -> dict:
     if rule is not None and rule not in rules:
         raise ValueError(f"--rule {rule!r} is none of the rules of the rows reported "
                          f"({', '.join(sorted(rules))})")
-    rows = with_difficulty(rows, estimates)
-    derived, choices = [], []
-    budgets = sorted({c["n"] for c in before.get("compute_optimal", [])})
-    if budgets:
-        derived, choices = compute_optimal(rows, estimates, budgets)
+    rows, choices = analyse(rows, estimates, sorted({c["n"] for c in before.get("compute_optimal", [])}))
     throughput = before.get("throughput") or {"replicas": [], "tokens_per_s": 0.0, "seconds": 0.0,
                                               "stage_seconds": {}}
-    if gpu is None and before.get("gpu", "h100") not in GPUS:
-        print(f"note: summary.json's gpu {before['gpu']!r} is not one this report knows: h100 instead",
-              file=sys.stderr)
-    gpu = gpu or (before.get("gpu") if before.get("gpu") in GPUS else "h100")
-    return publish(out, rows + derived, choices, before.get("pretraining_flops", {}), throughput, gpu, rule,
+    if gpu is None:
+        gpu = before.get("gpu", "h100")
+        if gpu not in GPUS:
+            print(f"note: summary.json's gpu {gpu!r} is not one this report knows: h100 instead",
+                  file=sys.stderr)
+            gpu = "h100"
+    return publish(out, rows, choices, before.get("pretraining_flops", {}), throughput, gpu, rule,
                    before.get("command"))
 
 

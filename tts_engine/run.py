@@ -26,7 +26,7 @@ import shlex
 import sys
 
 from tts_engine.replica import Replica, Settings, model_name
-from tts_engine.study.analysis import compute_optimal, select, with_difficulty
+from tts_engine.study.analysis import analyse, select
 from tts_engine.study.args import parse_args
 from tts_engine.study.checks import UsageError
 from tts_engine.study.plan import Plan, plan_units, prepare, this_command
@@ -56,13 +56,9 @@ def study(args, plan: Plan) -> dict:
         progress.bar.close()
     command = this_command(args, plan)
     rows, estimates = select(plan.results.rows, plan.difficulty.rows, command)
-    rows = with_difficulty(rows, estimates)
-    derived, choices = [], []
-    if "compute-optimal" in args.method:
-        derived, choices = compute_optimal(rows, estimates, args.n)
+    rows, choices = analyse(rows, estimates, args.n if "compute-optimal" in args.method else [])
     pretrain = plan.pretraining_flops([model_name(p) for p in args.policy + args.prm])
-    return publish(args.out, rows + derived, choices, pretrain, progress.throughput(), args.gpu,
-                   command=command)
+    return publish(args.out, rows, choices, pretrain, progress.throughput(), args.gpu, command=command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,6 +92,16 @@ def apply_table(table: dict[tuple[str, int], tuple[str, str]], rows: list[dict],
     return out
 
 
+def analyse(rows: list[dict], estimates: list[dict], budgets: list[int]) -> tuple[list[dict], list[dict]]:
+    """A report's rows: each binned by difficulty, then compute-optimal's rows at these budgets
+    (none when it was not asked for); and compute-optimal's choices."""
+    rows = with_difficulty(rows, estimates)
+    if not budgets:
+        return rows, []
+    derived, choices = compute_optimal(rows, estimates, budgets)
+    return rows + derived, choices
+
+
 def compute_optimal(rows: list[dict], estimates: list[dict], budgets: list[int]
                     ) -> tuple[list[dict], list[dict]]:
     """Per policy and PRM: the rows the table chosen on the calibration half picks for the other
