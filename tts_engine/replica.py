@@ -65,8 +65,7 @@ def row_of(result, policy: str, prm: str | None, seconds: float, level) -> dict:
             "tokens": {side: w["computed_tokens"] + w["generated_tokens"] for side, w in work.items()},
             "flops": {"policy": work["policy"]["flops"], "prm": work["prm"]["flops"],
                       "saved": work["policy"]["saved_flops"] + work["prm"]["saved_flops"]},
-            "bytes": {side: w["weight_bytes"] + w["kv_read_bytes"] + w["kv_write_bytes"]
-                      for side, w in work.items()},
+            "bytes": {"policy": result.policy_work.bytes, "prm": result.prm_work.bytes},
             "work": work, "seconds": seconds, "candidates": r["candidates"]}
 
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import asdict, dataclass
 import gc
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -32,7 +32,6 @@ import torch
 from tts_engine.config import EngineConfig
 from tts_engine.engine.build import build
 from tts_engine.engine.cache import Prefix
-from tts_engine.engine.traffic import Traffic
 from tts_engine.engine.logits_process import needs_processing
 from tts_engine.engine.logprobs import prompt_logprobs
 from tts_engine.engine.output import OutputProcessor
@@ -41,6 +40,7 @@ from tts_engine.engine.runner import StepOutput
 from tts_engine.engine.scheduler import ScheduledBatch, Scheduler
 from tts_engine.engine.sequence import Request, Status
 from tts_engine.engine.stats import EngineStats
+from tts_engine.engine.traffic import Traffic
 from tts_engine.flops import decode_token_cost, decoder_flops
 from tts_engine.models.heads import LMHead
 from tts_engine.sampling_params import SamplingParams

@@ -31,12 +31,12 @@ class Traffic:
     def of(cls, model: Model, kv_itemsize: int) -> Traffic:
         cfg = model.cfg
         embedding = model.model.embed_tokens.weight
-        head = list(model.head.parameters()) or [embedding]        # (a tied LM head reads the embedding)
+        table = embedding.numel() * embedding.element_size()
         everything = sum(p.numel() * p.element_size() for p in model.parameters())
-        head_bytes = sum(p.numel() * p.element_size() for p in head)
-        own_head = sum(p.numel() * p.element_size() for p in model.head.parameters())
-        decoder = everything - own_head - embedding.numel() * embedding.element_size()
-        return cls(decoder, cfg.hidden_size * embedding.element_size(), head_bytes,
+        head = sum(p.numel() * p.element_size() for p in model.head.parameters())
+        decoder = everything - head - table
+        # (a tied LM head has no weights of its own: it reads the embedding table)
+        return cls(decoder, cfg.hidden_size * embedding.element_size(), head or table,
                    2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * kv_itemsize, cfg.sliding_window)
 
     def prefill_keys(self, start: int, end: int) -> int:
