@@ -67,6 +67,25 @@ class ScriptedLLM:
                                       work=Work(generated_tokens=p.n)))
         return outs
 
+    # one step at a time (the adaptive searches): every queued request ends in the next step
+    def add_request(self, prompt, sampling_params):
+        self.queued = getattr(self, "queued", []) + [(prompt, sampling_params)]
+        return str(len(self.requests) + len(self.queued) - 1)
+
+    def step(self):
+        queued, self.queued = getattr(self, "queued", []), []
+        first = len(self.requests)
+        outs = self.generate([p for p, _ in queued], [sp for _, sp in queued])
+        for k, out in enumerate(outs):
+            out.request_id = str(first + k)
+        return outs
+
+    def abort_request(self, request_id, indices=None):
+        pass                              # (nothing is ever left running)
+
+    def has_unfinished_requests(self):
+        return bool(getattr(self, "queued", []))
+
 
 class ScriptedPRM:
     """Scores each step by the number in its text (so "a1 .9" scores 0.9); counts what it scores."""
@@ -92,7 +111,8 @@ def test_the_policy_and_the_scorer_keep_the_contract():
     from tts_engine.search.contract import Policy, Scorer
     for protocol, impls in ((Policy, [LLM, ScriptedLLM({})]), (Scorer, [PRM, ScriptedPRM(), HashPRM()])):
         members = [n for n in vars(protocol) if not n.startswith("_")]
-        assert {"Policy": {"max_model_len", "get_tokenizer", "generate"},
+        assert {"Policy": {"max_model_len", "get_tokenizer", "generate", "add_request", "step",
+                           "abort_request", "has_unfinished_requests"},
                 "Scorer": {"score_with_work"}}[protocol.__name__] == set(members)
         for impl in impls:
             for name in members:

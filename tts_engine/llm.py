@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from tts_engine.config import EngineConfig
 from tts_engine.engine.engine import Engine
-from tts_engine.engine.sequence import Request
+from tts_engine.engine.sequence import Request, Sequence, Status
 from tts_engine.outputs import CompletionOutput, Logprob, RequestOutput
 from tts_engine.sampling_params import SamplingParams
 from tts_engine.text import check_unicode
@@ -61,6 +61,8 @@ class LLM:
             max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
             attention_backend=attention_backend, enforce_eager=enforce_eager, check_weights=check_weights,
             overlap=overlap))
+        self._live: dict[str, Request] = {}       # add_request()'s requests not finished yet
+        self._stepper = None                      # engine.steps() while step() drives it
         if not self.engine.can_generate:
             raise ValueError(f"{model!r} is a {self.engine.model_config.architecture} with a "
                              f"'{self.engine.model.head_name}' head, not a language model head: "
@@ -109,6 +111,55 @@ class LLM:
         requests = [self._request(p, sp) for p, sp in zip(prompts, params_list)]
         self._run(requests, use_tqdm)
         return [self._output(r) for r in requests]
+
+    # ------------------------------------------------------------ one step at a time
+    def add_request(self, prompt: Any, sampling_params: SamplingParams | None = None) -> str:
+        """Queue one prompt (as `generate` takes it) without running it; returns its request id.
+        `step` runs the engine and returns samples as they finish; `abort_request` cancels
+        (vLLM's LLMEngine.add_request / step / abort_request, for searches that react mid-flight)."""
+        r = self._request(prompt, sampling_params if sampling_params is not None else SamplingParams())
+        self.engine.add(r)
+        self._live[str(r.request_id)] = r
+        return str(r.request_id)
+
+    def step(self) -> list[RequestOutput]:
+        """Run one engine step (on a GPU the next one is already queued when this returns). Returns,
+        per request with samples that finished in it (or were cancelled since the last step), a
+        RequestOutput of just those samples, its `work` theirs; `finished` when none of its
+        samples is left running. Nothing queued: []."""
+        if self._stepper is None:
+            self._stepper = self.engine.steps()
+        try:
+            seqs = next(self._stepper)
+        except StopIteration:
+            self._stepper, seqs = None, []
+        except BaseException:
+            self._stepper = None
+            self._live.clear()     # (the engine aborted them all)
+            raise
+        by_request: dict[str, list] = {}
+        for seq in seqs:
+            by_request.setdefault(str(seq.request_id), []).append(seq)
+        outs = []
+        for rid, done in by_request.items():
+            r = self._live[rid]
+            finished = all(s.status is Status.FINISHED for s in r.seqs)
+            if finished:
+                del self._live[rid]
+            outs.append(self._output(r, sorted(done, key=lambda s: s.index), finished))
+        return outs
+
+    def abort_request(self, request_id: str | list[str], indices: list[int] | None = None) -> None:
+        """Cancel a request's samples (all, or those of these indices) that are still running: the
+        next `step` returns them with finish_reason "cancelled", their tokens so far and their
+        work (counted as spent); their K/V stay cached. Ids of finished requests are ignored."""
+        for rid in [request_id] if isinstance(request_id, str) else request_id:
+            r = self._live.get(rid)
+            if r is not None:
+                self.engine.cancel([s for s in r.seqs if indices is None or s.index in indices])
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._live)
 
     def chat(self, messages: list[dict] | list[list[dict]],
              sampling_params: SamplingParams | list | None = None,
@@ -169,21 +220,27 @@ class LLM:
         return self.engine.make_request(ids, params, text)
 
     def _run(self, requests: list[Request], use_tqdm: bool) -> None:
+        if self._live:
+            raise RuntimeError(f"generate() while {len(self._live)} requests of add_request() are running: "
+                               f"step() until has_unfinished_requests() is False first")
         for r in requests:
             self.engine.add(r)
         total = sum(len(r.seqs) for r in requests)
         with tqdm(total=total, desc="Processed prompts", disable=not use_tqdm) as bar:
-            self.engine.run(bar.update)
+            self.engine.run(lambda done: bar.update(len(done)))
 
-    def _output(self, r: Request) -> RequestOutput:
+    def _output(self, r: Request, seqs: list[Sequence] | None = None, finished: bool = True) -> RequestOutput:
+        """r's output: all its samples, or these."""
+        seqs = r.seqs if seqs is None else seqs
         outs = [CompletionOutput(s.index, s.text, s.output_token_ids, s.cumulative_logprob,
                                  self._logprobs(s.logprobs, r.params), s.finish_reason, s.stop_reason)
-                for s in r.seqs]
+                for s in seqs]
         prompt_logprobs = None
-        if r.params.prompt_logprobs is not None:
+        if r.params.prompt_logprobs is not None and r.seqs[0] in seqs:     # (once: sample 0 kept them)
             prompt_logprobs = [None] + self._logprobs(self.engine.prompt_logprobs(r)[1:], r.params)
-        return RequestOutput(str(r.request_id), r.prompt, r.prompt_token_ids, prompt_logprobs, outs,
-                             num_cached_tokens=sum(s.num_cached_prompt_tokens for s in r.seqs), work=r.work())
+        cached = sum(s.num_cached_prompt_tokens for s in seqs)
+        return RequestOutput(str(r.request_id), r.prompt, r.prompt_token_ids, prompt_logprobs, outs, finished,
+                             num_cached_tokens=cached, work=r.work(seqs))
 
     def _logprobs(self, entries: list[dict[int, tuple[float, int]]] | None, params: SamplingParams):
         if entries is None:

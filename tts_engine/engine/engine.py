@@ -25,7 +25,7 @@ import gc
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -38,7 +38,7 @@ from tts_engine.engine.output import OutputProcessor
 from tts_engine.engine.requests import RequestMaker
 from tts_engine.engine.runner import StepOutput
 from tts_engine.engine.scheduler import ScheduledBatch, Scheduler
-from tts_engine.engine.sequence import Request, Status
+from tts_engine.engine.sequence import Request, Sequence, Status
 from tts_engine.engine.stats import EngineStats
 from tts_engine.engine.traffic import Traffic
 from tts_engine.flops import decode_token_cost, decoder_flops
@@ -85,6 +85,7 @@ class Engine:
         self._decode_cost = decode_token_cost(self.model_config, self._head_flops(self.model_config, 1))
         self.tokenizer_fits = tokenizer_fits(self.tokenizer, self.model_config.vocab_size)
         self._worker: ThreadPoolExecutor | None = None
+        self._cancelled: list[Sequence] = []     # cancelled since the last step (steps reports them)
         self.reset_stats()
 
     @property
@@ -149,46 +150,82 @@ class Engine:
         self.scheduler.add(request.seqs)
 
     # ------------------------------------------------------------ the loop
-    def run(self, on_finished: Callable[[int], object] | None = None) -> None:
-        """Step until every queued sequence is done; on_finished(k) after each step that finished k.
-        Any exception (KeyboardInterrupt included) aborts all work and clears the cache, which may
+    def run(self, on_finished: Callable[[list[Sequence]], object] | None = None) -> None:
+        """Step until every queued sequence is done; on_finished(seqs) after each step, with the
+        sequences it finished."""
+        for finished in self.steps():
+            if on_finished is not None:
+                on_finished(finished)
+
+    def steps(self) -> Iterator[list[Sequence]]:
+        """The loop as a generator: after each step, the sequences it finished (and those cancelled
+        since the step before). Between two of its yields the caller may add requests and cancel
+        sequences; it ends when nothing is queued or running. Any exception (KeyboardInterrupt
+        included), or closing it before its end, aborts all work and clears the cache, which may
         list slots whose K/V were never written, so the engine stays usable."""
-        report = on_finished or (lambda k: None)
         pending: tuple[ScheduledBatch, Future] | None = None     # the step the host has not seen yet
         last: Future | None = None                               # the newest step handed to the device
         try:
             with _heap_frozen():
                 while self.scheduler.has_work():
                     if not self.overlap:
-                        report(self.step())
+                        yield self._reported(self.step_finished())
                         continue
                     if pending is not None and self._needs_host_state():
-                        report(self._postprocess(pending[0], pending[1].result()))
+                        yield self._reported(self._postprocess(pending[0], pending[1].result()))
                         pending = None
                     batch = self._schedule(pending is None)
                     if pending is not None and not batch:
-                        report(self._postprocess(pending[0], pending[1].result()))
+                        yield self._reported(self._postprocess(pending[0], pending[1].result()))
                         pending = None
                     if batch:
                         last = self._submit(self.runner.prepare(batch, self.eos_token_ids))
                         if pending is not None:
-                            report(self._postprocess(pending[0], pending[1].result()))
-                        pending = (batch, last)
+                            done = self._postprocess(pending[0], pending[1].result())
+                            pending = (batch, last)
+                            yield self._reported(done)
+                        else:
+                            pending = (batch, last)
                 if pending is not None:
-                    report(self._postprocess(pending[0], pending[1].result()))
+                    yield self._reported(self._postprocess(pending[0], pending[1].result()))
+                if self._cancelled:
+                    yield self._reported([])
         except BaseException:
             try:
                 if last is not None:  # the device works in order: when the newest step is done, all are
                     last.exception()
             finally:
                 self.scheduler.abort_all()
+                self._cancelled = []
             raise
+
+    def _reported(self, finished: list[Sequence]) -> list[Sequence]:
+        out, self._cancelled = self._cancelled + finished, []
+        return out
+
+    def cancel(self, seqs: list[Sequence]) -> None:
+        """Finish these sequences now (vLLM's abort), keeping what they computed: their K/V go to
+        the prefix cache, so a prefix they share with others stays cached; their tokens so far are
+        their output, with finish_reason "cancelled"; what they cost stays counted. A step in
+        flight computes a row for them that nobody keeps, as for a sequence the step before
+        finished. `steps` reports them after its next step. Finished ones are left alone."""
+        for seq in seqs:
+            if seq.status is Status.FINISHED:
+                continue
+            self.scheduler.cancel(seq)
+            seq.finish_reason = "cancelled"
+            self._close(seq)
+            self._cancelled.append(seq)
 
     def step(self) -> int:
         """Run one step synchronously; return how many sequences finished."""
+        return len(self.step_finished())
+
+    def step_finished(self) -> list[Sequence]:
+        """Run one step synchronously; return the sequences it finished."""
         batch = self._schedule(True)
         if not batch:
-            return 0
+            return []
         return self._postprocess(batch, self.runner.execute(self.runner.prepare(batch, self.eos_token_ids)))
 
     def _schedule(self, settled: bool) -> ScheduledBatch:
@@ -215,8 +252,8 @@ class Engine:
         return self._worker.submit(self.runner.execute, prepared)
 
     # ------------------------------------------------------------ after a step
-    def _postprocess(self, batch: ScheduledBatch, out: StepOutput) -> int:
-        """Apply a step's results; return how many sequences finished."""
+    def _postprocess(self, batch: ScheduledBatch, out: StepOutput) -> list[Sequence]:
+        """Apply a step's results; return the sequences it finished."""
         self._count(batch)
         for (seq, pos), h in zip(batch.kept, out.kept if out.kept is not None else ()):
             seq.hidden_states[pos] = h
@@ -230,10 +267,14 @@ class Engine:
         self.stats.generated_tokens += appended
         finished += done
         for seq in finished:
-            seq.saved_flops = decoder_flops(self.model_config, [(0, seq.num_cached_prompt_tokens)])
-            self.output.finish_text(seq)
+            self._close(seq)
             self.scheduler.finish(seq)
-        return len(finished)
+        return finished
+
+    def _close(self, seq: Sequence) -> None:
+        """What a finished sequence gets: what its cached prompt saved, and its whole text."""
+        seq.saved_flops = decoder_flops(self.model_config, [(0, seq.num_cached_prompt_tokens)])
+        self.output.finish_text(seq)
 
     def _count(self, batch: ScheduledBatch) -> None:
         """FLOPs and bytes moved (engine/traffic.py) of the step's live rows, in all and per

@@ -286,6 +286,21 @@ class Scheduler:
             self._release(seq, keep_tokens=True)
         seq.status = Status.FINISHED
 
+    def cancel(self, seq: Sequence) -> None:
+        """Finish seq before its end (Engine.cancel). A sample still waiting for its leader's
+        prompt leaves the leader's forks; the waiting forks of a cancelled leader are queued on
+        their own, at the head (their prompt is then a cache hit as far as the leader computed)."""
+        if seq.status is Status.WAITING and not seq.admitted:
+            for leader in (*self.waiting, *self.running):
+                if seq in leader.forks:
+                    leader.forks.remove(seq)
+                    seq.status = Status.FINISHED
+                    return
+        if seq.forks:
+            self.waiting.extendleft(reversed(seq.forks))
+            seq.forks = []
+        self.finish(seq)
+
     def _release(self, seq: Sequence, keep_tokens: bool) -> None:
         """Hand the sequence's K/V to the cache (or free it) and drop its lock."""
         if keep_tokens and self.enable_prefix_caching:

@@ -135,11 +135,11 @@ class Request:
     params: SamplingParams
     seqs: list[Sequence] = field(default_factory=list)
 
-    def work(self) -> Work:
-        """What the engine spent on this request, its samples together."""
-        return Work(len(self.prompt_token_ids) * len(self.seqs),
-                    sum(s.num_cached_prompt_tokens for s in self.seqs),
-                    sum(s.computed_tokens for s in self.seqs),
-                    sum(s.num_output_tokens for s in self.seqs), sum(s.flops for s in self.seqs),
-                    sum(s.saved_flops for s in self.seqs), sum(s.weight_bytes for s in self.seqs),
-                    sum(s.kv_read_bytes for s in self.seqs), sum(s.kv_write_bytes for s in self.seqs))
+    def work(self, seqs: list[Sequence] | None = None) -> Work:
+        """What the engine spent on this request (or on these of its samples)."""
+        seqs = self.seqs if seqs is None else seqs
+        return Work(len(self.prompt_token_ids) * len(seqs), sum(s.num_cached_prompt_tokens for s in seqs),
+                    sum(s.computed_tokens for s in seqs), sum(s.num_output_tokens for s in seqs),
+                    sum(s.flops for s in seqs), sum(s.saved_flops for s in seqs),
+                    sum(s.weight_bytes for s in seqs), sum(s.kv_read_bytes for s in seqs),
+                    sum(s.kv_write_bytes for s in seqs))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from tts_engine.outputs import CompletionOutput
 from tts_engine.sampling_params import SamplingParams
 from tts_engine.search.aggregate import RULES
 from tts_engine.search.common import STEP_END, ProblemResult, Run, SearchConfig, Trajectory
@@ -33,8 +34,7 @@ def _whole(policy, scorer, problems, cfg, method, on_result) -> list[ProblemResu
         requests.append((i, prompt, params))
     finals: list[list[Trajectory]] = []
     for (i, _, _), out in zip(requests, run.generate(requests)):
-        finals.append([Trajectory(i, list(c.token_ids), _split(c.text), [],
-                                  "length" if c.finish_reason == "length" else "eos") for c in out.outputs])
+        finals.append([solution(i, c) for c in out.outputs])
     if scorer is not None:
         run.score([t for ts in finals for t in ts])
     results = []
@@ -43,6 +43,12 @@ def _whole(policy, scorer, problems, cfg, method, on_result) -> list[ProblemResu
         if on_result is not None:
             on_result(results[-1])
     return results
+
+
+def solution(problem: int, c: CompletionOutput) -> Trajectory:
+    """A whole sampled solution as a trajectory of its steps."""
+    done = "length" if c.finish_reason == "length" else "eos"
+    return Trajectory(problem, list(c.token_ids), _split(c.text), [], done)
 
 
 def _split(text: str) -> list[str]:

@@ -35,6 +35,11 @@ class SearchConfig:
     seed: int = 0
     resample: int = 3             # a beam whose children are all dropped is resampled this often, then closed
     prompt_style: str = "qwen"    # tasks.prompts: "llama3", "qwen" or "plain"
+    verify_every: int = 2         # g: beam-vg scores and selects every g steps (search/beam_search.py)
+    reject_every: int = 0         # r: partial-step rejection every r tokens, 0: off (search/steps.py)
+    reject_margin: float = 0.2    # a running step this far below its group's best score is rejected
+    stop_at: float | None = 0.9   # the adaptive searches' stopping threshold, None: never stop early
+    wave: int = 4                 # candidates an adaptive search runs at once per problem (adaptive.py)
 
 
 @dataclass
@@ -65,6 +70,7 @@ class ProblemResult:
     correct: dict[str, bool]
     policy_work: Work
     prm_work: Work
+    used: int = 0                 # the budget spent, in N's units (an adaptive search's samples started)
 
     def row(self) -> dict:
         return asdict(self)
@@ -79,8 +85,10 @@ class Run:
     """One strategy's pass over a list of problems: their prompts, work and seeds."""
 
     def __init__(self, policy: Policy, scorer: Scorer | None, problems: list[Problem], cfg: SearchConfig,
-                 method: str):
+                 method: str, seeds_of: str | None = None):
+        """seeds_of: the method whose seeds this one draws (an adaptive search's fixed counterpart)."""
         self.policy, self.scorer, self.problems, self.cfg, self.method = policy, scorer, problems, cfg, method
+        self.seeds_of = seeds_of or method
         self.tokenizer = tok = policy.get_tokenizer()
         self.prompts = [prompt_ids(tok, p.problem, cfg.prompt_style) for p in problems]
         self.max_len = policy.max_model_len
@@ -88,7 +96,7 @@ class Run:
         self.prm_work = [Work() for _ in problems]
 
     def seed(self, problem: int, round_no: int, beam: str) -> int:
-        return seed_for(self.cfg.seed, self.problems[problem].id, self.method, self.cfg.n, round_no, beam)
+        return seed_for(self.cfg.seed, self.problems[problem].id, self.seeds_of, self.cfg.n, round_no, beam)
 
     def generate(self, requests: list[tuple[int, list[int], SamplingParams]]):
         """requests: (problem, prompt ids, params). One batched call; work attributed per problem."""
@@ -99,8 +107,9 @@ class Run:
         return outs
 
     def score(self, trajectories: list[Trajectory]) -> None:
-        """The scorer's step scores for each trajectory (one batched call; it computes only new steps)."""
-        scorable = [t for t in trajectories if t.steps]
+        """The scorer's step scores for each trajectory not scored yet (one batched call; it computes
+        only new steps)."""
+        scorable = [t for t in trajectories if t.steps and len(t.scores) < len(t.steps)]
         if not scorable:
             return
         scores, works = self.scorer.score_with_work([self.problems[t.problem].problem for t in scorable],
@@ -109,7 +118,8 @@ class Run:
             t.scores = s
             self.prm_work[t.problem] += w
 
-    def result(self, problem: int, finals: list[Trajectory], rules=RULES) -> ProblemResult:
+    def result(self, problem: int, finals: list[Trajectory], rules=RULES, used: int | None = None
+               ) -> ProblemResult:
         candidates = []
         for t in finals:
             text = "".join(t.steps)
@@ -118,4 +128,5 @@ class Run:
         gold = self.problems[problem].answer
         return ProblemResult(self.problems[problem].id, self.method, self.cfg.n, candidates, answers,
                              {rule: grade(a, gold) for rule, a in answers.items()},
-                             self.policy_work[problem], self.prm_work[problem])
+                             self.policy_work[problem], self.prm_work[problem],
+                             self.cfg.n if used is None else used)
