@@ -84,12 +84,16 @@ def test_rule_off_gives_the_fixed_methods_results(toy):
 def test_rule_on_stops_at_the_first_settled_prefix(toy, adaptive, fixed):
     """Each problem's candidates are the fixed method's first k, for the first k where the rule
     holds (checked again here), so its answers are those rules' over that prefix; a problem that
-    stopped early generated no more tokens, and all the policy's work is some problem's."""
+    stopped early generated no more tokens, and all the policy's work is some problem's (its
+    cancelled samples' included, before its result goes out)."""
     llm, prm, problems, cfg = toy
     cfg = dataclasses.replace(cfg, stop_at=0.8)
     full = fixed(llm, prm, problems, cfg)
     llm.reset_stats()
-    got = adaptive(llm, prm, problems, cfg)
+    reported = {}           # what a study's row would hold: the result as on_result saw it
+    got = adaptive(llm, prm, problems, cfg,
+                   on_result=lambda r: reported.setdefault(r.id, (r.policy_work.flops, r.prm_work.flops)))
+    assert reported == {g.id: (g.policy_work.flops, g.prm_work.flops) for g in got}   # cancelled work in
     budget = cfg.n if adaptive is bon_adaptive else cfg.n // cfg.beam_width
     stopped_early = 0
     for g, f in zip(got, full):
@@ -159,7 +163,7 @@ class CharLLM:
             path, partial = tuple(s + "\n\n" for s in done[:-1]), done[-1]
             completions = []
             for k in range(p.n):
-                steps = [s for s in self.script[path] if s.startswith(partial)]
+                steps = [s for s in self.script[path] if (s + "\n\n").startswith(partial)]
                 full = steps[(p.seed + k) % len(steps) if partial == "" else 0] + "\n\n"
                 rest = full[len(partial):][:p.max_tokens]
                 ended = rest.endswith("\n\n")
@@ -198,3 +202,77 @@ def test_partial_steps_far_below_their_group_are_rejected_by_hand(monkeypatch):
     (plain,) = dvts(llm, LetterPRM(), PROBLEM, dataclasses.replace(cfg, reject_every=0))
     assert [c.text for c in plain.candidates] == [c.text for c in result.candidates]
     assert with_rejection == llm.generated - len("okay step two\n\n") - len("bad step three\n\n") + 8
+
+
+def test_the_study_runs_and_reports_the_searches_beyond_the_paper(tmp_path, capsys):
+    """The toy study with every search on a few problems: a row per problem and method, the
+    adaptive ones spending at most N (mean budget used per bin in the summary and the table),
+    rejection and g in the manifest; bad values of the new options exit 2 before any work."""
+    import json
+
+    from tts_engine.run import main
+    from tts_engine.study.report import table
+    methods = ["cot", "bon", "bon-adaptive", "dvts", "dvts-adaptive", "beam", "beam-vg"]
+    common = ["--limit", "10", "--n", "8", "--difficulty-samples", "4", "--method", *methods]
+    assert main(["--out", str(tmp_path), *common, "--reject-every", "4", "--stop-at", "0.8"]) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "results.jsonl")]
+    assert sorted({r["method"] for r in rows}) == sorted(methods)
+    assert all(len([r for r in rows if r["method"] == m and r["policy"] == SMALL]) == 10 for m in methods)
+    for r in rows:
+        assert 0 < r["used"] <= r["n"] and (r["used"] == r["n"] or r["method"].endswith("adaptive"))
+    summary = json.load(open(tmp_path / "summary.json"))
+    adaptive = [s for s in summary["rows"] if s["method"] == "bon-adaptive" and s["aggregation"] == "majority"
+                and s["difficulty"] == "all"]
+    mine = [r for r in rows if r["method"] == "bon-adaptive"]
+    assert adaptive[0]["used_per_problem"] == pytest.approx(sum(r["used"] for r in mine) / len(mine))
+    assert table(summary["rows"]) in capsys.readouterr().out
+    settings = json.load(open(tmp_path / "manifest.json"))["settings"]
+    assert (settings["reject_every"], settings["stop_at"], settings["verify_every"]) == (4, 0.8, 2)
+    for bad, message in ((["--stop-at", "1.5"], "--stop-at must be in (0, 1]"),
+                         (["--verify-every", "0"], "--verify-every must be >= 1"),
+                         (["--reject-every", "-1"], "--reject-every must be >= 0"),
+                         (["--wave", "0"], "--wave must be >= 1")):
+        assert main(["--out", str(tmp_path / "bad"), *common, *bad]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad" / "results.jsonl").exists()
+
+
+class LastLetterPRM:
+    """Scores a step by its last letter of g (.9), o (.6), m (.5), finished or not."""
+
+    def score_with_work(self, questions, trajectories):
+        table = {"g": 0.9, "o": 0.6, "m": 0.5}
+        last = lambda text: next(table[ch] for ch in reversed(text) if ch in table)   # noqa: E731
+        return [[last(s) for s in steps] for steps in trajectories], [Work() for _ in trajectories]
+
+
+def test_rejection_measures_against_the_frontier_now_and_joins_a_split_step_end(monkeypatch):
+    """Margin .31, 4 characters a chunk. Chunk 1: "gggg" .9, "oooo" .6 (kept: .6 >= .59). Chunk 2:
+    "ggggmmm\n" and "oooommmm" both .5: the frontier is now .5 (chunk 1's .9 would reject both and
+    leave the subtree empty), so both go on. Chunk 3 ends both; the first step's "\n\n" spans
+    chunks 2 and 3, which the policy sees as two halves, and it still ends the step there. DVTS
+    keeps "oooommmmo" (.6 against .5)."""
+    import tts_engine.search.common as common
+    monkeypatch.setattr(common, "prompt_ids", lambda tok, text, style: [ord("Q")])
+    script = {(): ["ggggmmm", "oooommmmo"], ("oooommmmo\n\n",): ["o done \\boxed{5}"],
+              ("ggggmmm\n\n",): ["g done \\boxed{6}"]}
+    cfg = SearchConfig(n=2, beam_width=2, prompt_style="plain", reject_every=4, reject_margin=0.31, seed=0)
+    llm = CharLLM(script)
+    (result,) = dvts(llm, LastLetterPRM(), PROBLEM, cfg)
+    assert [c.text for c in result.candidates] == ["oooommmmo\n\no done \\boxed{5}\n\n"]
+    assert result.candidates[0].step_scores == [0.6, 0.6]
+    # both first steps were sampled whole: 9 + 11 characters, then the second step
+    assert llm.generated == len("ggggmmm\n\n") + len("oooommmmo\n\n") + 2 * len("o done \\boxed{5}\n\n")
+
+
+def test_stop_rule_off_on_the_command_line_and_folders_from_before_the_new_options():
+    """--stop-at off is the rule off; a folder whose manifest predates the new options holds them at
+    the values its rows were made with (LEGACY), so it resumes with those and refuses others."""
+    from tts_engine.study.args import parse_args
+    from tts_engine.study.manifest import LEGACY, Manifest, differences
+    assert parse_args(["--stop-at", "off"]).stop_at is None and parse_args([]).stop_at == LEGACY["stop_at"]
+    dataset = {"hash": "h", "source": "s", "problems": 1}
+    old = Manifest("0.1.0", {"seed": 0}, dataset)
+    assert differences(old, Manifest("0.1.0", {"seed": 0, **LEGACY}, dataset)) == []
+    assert differences(old, Manifest("0.1.0", {"seed": 0, **LEGACY, "stop_at": 0.9}, dataset)) == \
+        [f"--stop-at {LEGACY['stop_at']} -> 0.9"]

@@ -193,11 +193,13 @@ def test_policy_training_stops_at_its_validation_target(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def toy_slice(tmp_path_factory):
-    """The default study (no model arguments) on its first 192 problems, N = 4 and 16 (on fewer
-    problems the headline's margin is within a few problems' noise)."""
+    """The default study (no model arguments) on its first 192 problems, N = 4 and 16, the paper's
+    methods (on fewer problems the headline's margin is within a few problems' noise; the searches
+    beyond the paper have their own study test in test_adaptive.py)."""
     from tts_engine.run import main
     out = tmp_path_factory.mktemp("toy_study")
-    assert main(["--out", str(out), "--limit", "192", "--n", "4", "16", "--difficulty-samples", "8"]) == 0
+    assert main(["--out", str(out), "--limit", "192", "--n", "4", "16", "--difficulty-samples", "8",
+                 "--method", "cot", "bon", "beam", "dvts", "compute-optimal"]) == 0
     summary = json.load(open(out / "summary.json"))
     rows = [s for s in summary["rows"] if s["difficulty"] == "all"]
     cot = {s["policy"]: s for s in rows if s["method"] == "cot"}

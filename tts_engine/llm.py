@@ -147,6 +147,11 @@ class LLM:
             if finished:
                 del self._live[rid]
             outs.append(self._output(r, sorted(done, key=lambda s: s.index), finished))
+        if not self._live and self._stepper is not None:
+            # (nothing of ours runs: end the loop, so that its last step is seen and the heap thawed)
+            for _ in self._stepper:
+                pass
+            self._stepper = None
         return outs
 
     def abort_request(self, request_id: str | list[str], indices: list[int] | None = None) -> None:
@@ -236,7 +241,9 @@ class LLM:
                                  self._logprobs(s.logprobs, r.params), s.finish_reason, s.stop_reason)
                 for s in seqs]
         prompt_logprobs = None
-        if r.params.prompt_logprobs is not None and r.seqs[0] in seqs:     # (once: sample 0 kept them)
+        first = r.seqs[0]       # (it keeps them, unless it was cancelled before its prompt was computed)
+        if r.params.prompt_logprobs is not None and first in seqs and \
+                len(first.hidden_states) == len(r.prompt_token_ids) - 1:
             prompt_logprobs = [None] + self._logprobs(self.engine.prompt_logprobs(r)[1:], r.params)
         cached = sum(s.num_cached_prompt_tokens for s in seqs)
         return RequestOutput(str(r.request_id), r.prompt, r.prompt_token_ids, prompt_logprobs, outs, finished,

@@ -66,7 +66,7 @@ def row_of(result, policy: str, prm: str | None, seconds: float, level) -> dict:
             "flops": {"policy": work["policy"]["flops"], "prm": work["prm"]["flops"],
                       "saved": work["policy"]["saved_flops"] + work["prm"]["saved_flops"]},
             "bytes": {"policy": result.policy_work.bytes, "prm": result.prm_work.bytes},
-            "work": work, "seconds": seconds, "candidates": r["candidates"]}
+            "work": work, "seconds": seconds, "used": r["used"], "candidates": r["candidates"]}
 
 
 class Replica:

@@ -17,8 +17,9 @@ policies, PRMs, methods, budgets and problems. Difficulty bins come from each po
 N, the best method and rule on a calibration half of the problems and reports the other half.
 
 With no model and dataset arguments it runs the toy world's study (tts_engine.toy): the shipped small
-and large policies with CoT, and the small one with the shipped PRM and best-of-N, beam search and
-DVTS at N = 4, 16, 64, over 320 chain-arithmetic problems of mixed difficulty.
+and large policies with CoT, and the small one with the shipped PRM and best-of-N, beam search,
+DVTS, their adaptive and verify-every-g variants at N = 4, 16, 64, over 320 chain-arithmetic
+problems of mixed difficulty.
 """
 from __future__ import annotations
 

@@ -86,6 +86,7 @@ class Engine:
         self.tokenizer_fits = tokenizer_fits(self.tokenizer, self.model_config.vocab_size)
         self._worker: ThreadPoolExecutor | None = None
         self._cancelled: list[Sequence] = []     # cancelled since the last step (steps reports them)
+        self._looping = False                    # a steps() loop is under way
         self.reset_stats()
 
     @property
@@ -163,6 +164,10 @@ class Engine:
         sequences; it ends when nothing is queued or running. Any exception (KeyboardInterrupt
         included), or closing it before its end, aborts all work and clears the cache, which may
         list slots whose K/V were never written, so the engine stays usable."""
+        if self._looping:
+            raise RuntimeError("the engine's loop is already running (LLM.step() has requests in flight): "
+                               "step them to the end first")
+        self._looping = True
         pending: tuple[ScheduledBatch, Future] | None = None     # the step the host has not seen yet
         last: Future | None = None                               # the newest step handed to the device
         try:
@@ -198,6 +203,8 @@ class Engine:
                 self.scheduler.abort_all()
                 self._cancelled = []
             raise
+        finally:
+            self._looping = False
 
     def _reported(self, finished: list[Sequence]) -> list[Sequence]:
         out, self._cancelled = self._cancelled + finished, []

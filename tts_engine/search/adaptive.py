@@ -32,65 +32,91 @@ from tts_engine.tasks.data import Problem
 from tts_engine.tasks.grading import extract_answer, same_answer
 
 
-def beta_confidence(a: float, b: float, points: int = 2048) -> float:
-    """P(X > 1/2) for X ~ Beta(a + 1, b + 1), a, b >= 0 (real: weights, not counts), by Simpson's
-    rule on the density scaled by its largest value (exact to ~1e-9 for the weights a budget of at
-    most 1024 samples gives)."""
-    if a < 0 or b < 0:
+def beta_confidence(a: float, b: float) -> float:
+    """P(X > 1/2) for X ~ Beta(a + 1, b + 1), a, b >= 0 (real: weights, not counts): 1 minus the
+    regularised incomplete beta function I_{1/2}(a + 1, b + 1), by its continued fraction."""
+    if not (a >= 0 and b >= 0):
         raise ValueError(f"weights must be >= 0, got a={a}, b={b}")
-    xs = [i / points for i in range(points + 1)]
+    return 1.0 - _incomplete_beta(0.5, a + 1.0, b + 1.0)
 
-    def log_density(x: float) -> float:
-        if x in (0.0, 1.0):
-            zero_power = (a if x == 0.0 else b) == 0
-            return 0.0 if zero_power else -math.inf
-        return a * math.log(x) + b * math.log1p(-x)
 
-    logs = [log_density(x) for x in xs]
-    top = max(logs)
-    ys = [math.exp(v - top) for v in logs]
-    half = points // 2
+def _incomplete_beta(x: float, p: float, q: float) -> float:
+    """I_x(p, q) for 0 < x < 1, p, q > 0: its continued fraction (modified Lentz), used where it
+    converges fast, x <= (p + 1) / (p + q + 2), and I_x(p, q) = 1 - I_{1-x}(q, p) elsewhere."""
+    if x > (p + 1.0) / (p + q + 2.0):
+        return 1.0 - _incomplete_beta(1.0 - x, q, p)
+    tiny = 1e-300
 
-    def simpson(lo: int, hi: int) -> float:
-        return sum(ys[i] * (1 if i in (lo, hi) else 4 if (i - lo) % 2 else 2) for i in range(lo, hi + 1))
+    def guard(v: float) -> float:
+        return v if abs(v) > tiny else tiny
 
-    below, above = simpson(0, half), simpson(half, points)
-    return above / (below + above)
+    c, d = 1.0, 1.0 / guard(1.0 - (p + q) * x / (p + 1.0))
+    h = d
+    for m in range(1, 1000):
+        for num in (m * (q - m) * x / ((p + 2 * m - 1) * (p + 2 * m)),            # the even term
+                    -(p + m) * (p + q + m) * x / ((p + 2 * m) * (p + 2 * m + 1))):   # the odd one
+            d = 1.0 / guard(1.0 + num * d)
+            c = guard(1.0 + num / c)
+            h *= c * d
+        if abs(c * d - 1.0) < 1e-16:
+            break
+    log_front = math.lgamma(p + q) - math.lgamma(p) - math.lgamma(q) + p * math.log(x) + q * math.log1p(-x)
+    return math.exp(log_front) * h / p
+
+
+class Vote:
+    """A problem's candidates so far, as the stopping rule reads them: answer groups (math-verify
+    equivalence, as the aggregation rules group) and their PRM-Min weights, updated one candidate
+    at a time."""
+
+    def __init__(self, budget: int):
+        self.budget, self.count = budget, 0
+        self.groups: list[list] = []         # [an answer of the group, its weight]
+
+    def add(self, answer: str | None, scores: list[float]) -> None:
+        self.count += 1
+        if answer is None:
+            return                           # (no answer: no vote)
+        w = max(0.0, trajectory_score(scores, "min"))
+        for g in self.groups:
+            if same_answer(g[0], answer):
+                g[1] += w
+                return
+        self.groups.append([answer, w])
+
+    def settled(self, stop_at: float | None) -> bool:
+        """The rule above; with stop_at None only the whole budget settles."""
+        if self.count >= self.budget:
+            return True
+        if stop_at is None:
+            return False
+        a, b = (sorted((w for _, w in self.groups), reverse=True) + [0.0, 0.0])[:2]
+        return a - b > self.budget - self.count or beta_confidence(a, b) >= stop_at
 
 
 def settled(candidates: list[tuple[str | None, list[float]]], budget: int, stop_at: float | None) -> bool:
-    """Whether these candidates ((answer, step scores), in order) settle the vote: the rule above,
-    with `budget` candidates at most. stop_at None: only the whole budget settles."""
-    if stop_at is None:
-        return len(candidates) >= budget
-    weights: list[tuple[str, float]] = []       # per answer group: (its first answer, its weight)
+    """Whether these candidates ((answer, step scores), in order) settle the vote (Vote.settled)."""
+    vote = Vote(budget)
     for answer, scores in candidates:
-        if answer is None:
-            continue
-        w = max(0.0, trajectory_score(scores, "min"))
-        for i, (first, total) in enumerate(weights):
-            if same_answer(first, answer):
-                weights[i] = (first, total + w)
-                break
-        else:
-            weights.append((answer, w))
-    ranked = sorted((w for _, w in weights), reverse=True) + [0.0, 0.0]
-    a, b = ranked[0], ranked[1]
-    return len(candidates) >= budget or a - b > budget - len(candidates) or beta_confidence(a, b) >= stop_at
+        vote.add(answer, scores)
+    return vote.settled(stop_at)
 
 
 def bon_adaptive(policy: Policy, scorer: Scorer, problems: list[Problem], cfg: SearchConfig,
                  on_result: Callable[[ProblemResult], None] | None = None) -> list[ProblemResult]:
     """Best-of-N in waves of cfg.wave samples per problem, on best-of-N's seeds (sample j draws
     what best-of-N's sample j draws). Samples are scored as they finish; when a problem's prefix
-    settles, its samples still running are cancelled."""
+    settles, its samples still running are cancelled, and its result goes out once they are back
+    (their work is the problem's)."""
     run = Run(policy, scorer, problems, cfg, "bon-adaptive", seeds_of="bon")
     _check(cfg)
     n = len(problems)
     samples: list[list[Trajectory | None]] = [[None] * cfg.n for _ in problems]
-    checked, started = [0] * n, [0] * n
+    votes = [Vote(cfg.n) for _ in problems]
+    started = [0] * n
     owner: dict[str, tuple[int, int]] = {}         # request id -> (problem, its first sample)
     live: list[set[str]] = [set() for _ in problems]
+    stop: dict[int, int] = {}                      # problem -> the samples its answer is chosen over
     results: dict[int, ProblemResult] = {}
 
     def submit(i: int) -> None:
@@ -104,36 +130,44 @@ def bon_adaptive(policy: Policy, scorer: Scorer, problems: list[Problem], cfg: S
         live[i].add(rid)
         started[i] += k
 
-    for i in range(n):
-        submit(i)
-    while policy.has_unfinished_requests():
-        new, touched = [], set()
-        for out in policy.step():
-            i, base = owner[out.request_id]
-            run.policy_work[i] += out.work
-            if out.finished:
-                live[i].discard(out.request_id)
-            if i in results:
-                continue
-            touched.add(i)
-            for c in out.outputs:
-                if c.finish_reason != "cancelled":
-                    samples[i][base + c.index] = t = solution(i, c)
-                    new.append(t)
-        run.score(new)
-        for i in sorted(touched):
-            while checked[i] < started[i] and samples[i][checked[i]] is not None:
-                checked[i] += 1
-                cands = [(extract_answer("".join(t.steps)), t.scores) for t in samples[i][:checked[i]]]
-                if settled(cands, cfg.n, cfg.stop_at):
-                    for rid in live[i]:
-                        policy.abort_request(rid)
-                    results[i] = run.result(i, samples[i][:checked[i]], used=started[i])
+    try:
+        for i in range(n):
+            submit(i)
+        while policy.has_unfinished_requests():
+            new, touched = [], set()
+            for out in policy.step():
+                i, base = owner[out.request_id]
+                run.policy_work[i] += out.work          # (cancelled samples' work too)
+                if out.finished:
+                    live[i].discard(out.request_id)
+                touched.add(i)
+                for c in out.outputs:
+                    if c.finish_reason != "cancelled" and i not in stop:
+                        samples[i][base + c.index] = t = solution(i, c)
+                        new.append(t)
+            run.score(new)
+            for i in sorted(touched):
+                vote = votes[i]
+                while i not in stop and vote.count < started[i] and samples[i][vote.count] is not None:
+                    t = samples[i][vote.count]
+                    vote.add(extract_answer("".join(t.steps)), t.scores)
+                    if vote.settled(cfg.stop_at):
+                        stop[i] = vote.count
+                        for rid in live[i]:
+                            policy.abort_request(rid)
+                if i in stop and not live[i] and i not in results:
+                    results[i] = run.result(i, samples[i][:stop[i]], used=started[i])
                     if on_result is not None:
                         on_result(results[i])
-                    break
-            if i not in results and not live[i] and started[i] < cfg.n:
-                submit(i)               # (its wave ended unsettled: the budget is not spent, or it would be)
+                elif i not in stop and not live[i]:
+                    submit(i)     # (its wave ended unsettled, so some budget is left: the whole settles)
+    except BaseException:
+        for rids in live:
+            for rid in rids:
+                policy.abort_request(rid)
+        while policy.has_unfinished_requests():      # (the cancelled come back; the engine is clean)
+            policy.step()
+        raise
     return [results[i] for i in range(n)]
 
 
@@ -144,10 +178,15 @@ def dvts_adaptive(policy: Policy, scorer: Scorer, problems: list[Problem], cfg: 
     _check(cfg)
     run = Run(policy, scorer, problems, cfg, "dvts-adaptive", seeds_of="dvts")
     subtrees = cfg.n // cfg.beam_width
+    votes = [Vote(subtrees) for _ in problems]
 
     def enough(problem: int, leaves: list[Trajectory]) -> bool:
-        cands = [(extract_answer("".join(t.steps)), t.scores) for t in leaves]
-        return settled(cands, subtrees, cfg.stop_at)
+        """The leaves of the problem's next subtree in order (one, or none if it closed)."""
+        vote = votes[problem]
+        for t in leaves:
+            vote.add(extract_answer("".join(t.steps)), t.scores)
+        vote.count += not leaves          # (a subtree without a leaf spent its share all the same)
+        return vote.settled(cfg.stop_at)
 
     return search_trees(run, subtrees=subtrees, first=cfg.beam_width, keep=1, on_result=on_result,
                         window=cfg.wave, settled=enough)

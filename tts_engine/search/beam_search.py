@@ -68,7 +68,7 @@ class _Tree:
         return not self.live or len(self.finished) >= self.keep
 
 
-# settled(problem, leaves of its first k subtrees, in order) -> whether the problem may stop there
+# settled(problem, the leaves of its next subtree in order) -> whether the problem may stop there
 Settled = Callable[[int, list[Trajectory]], bool]
 
 
@@ -76,15 +76,15 @@ def search_trees(run: Run, subtrees: int, first: int, keep: int, on_result, ever
                  window: int | None = None, settled: Settled | None = None) -> list[ProblemResult]:
     """Each problem's subtrees, expanded a step (or `every` steps) a round, batched across
     problems. window: at most this many subtrees of a problem run at once (a new one starts when
-    one ends); settled: after each round, the first k subtrees that all ended are offered to it in
-    turn (k growing), and the first k it accepts ends the problem with their leaves (subtrees still
-    running are dropped: their work counts). Without them every subtree starts at once and a
-    problem ends with all of them."""
+    one ends); settled: after each round, each subtree that ended is offered to it in subtree
+    order (the k-th once the first k all ended), and the first k it accepts ends the problem with
+    their leaves (subtrees still running are dropped: their work counts). Without them every
+    subtree starts at once and a problem ends with all of them."""
     cfg = run.cfg
     if cfg.n % cfg.beam_width:
         raise ValueError(f"N={cfg.n} is not a multiple of the beam width {cfg.beam_width}")
     trees: dict[int, list[_Tree]] = {p: [] for p in range(len(run.problems))}
-    checked = dict.fromkeys(trees, 0)          # prefixes of subtrees offered to `settled` so far
+    checked = dict.fromkeys(trees, 0)          # subtrees offered to `settled` so far
     results: dict[int, ProblemResult] = {}
 
     def launch() -> None:
@@ -117,7 +117,7 @@ def search_trees(run: Run, subtrees: int, first: int, keep: int, on_result, ever
                 continue
             while settled is not None and checked[p] < len(ts) and ts[checked[p]].over:
                 checked[p] += 1
-                if settled(p, [b for t in ts[:checked[p]] for b in t.finished]):
+                if settled(p, ts[checked[p] - 1].finished):
                     finish(p, ts[:checked[p]])
                     break
             if p not in results and len(ts) == subtrees and all(t.over for t in ts):

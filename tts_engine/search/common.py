@@ -38,8 +38,8 @@ class SearchConfig:
     verify_every: int = 2         # g: beam-vg scores and selects every g steps (search/beam_search.py)
     reject_every: int = 0         # r: partial-step rejection every r tokens, 0: off (search/steps.py)
     reject_margin: float = 0.2    # a running step this far below its group's best score is rejected
-    stop_at: float | None = 0.9   # the adaptive searches' stopping threshold, None: never stop early
-    wave: int = 4                 # candidates an adaptive search runs at once per problem (adaptive.py)
+    stop_at: float | None = 0.6   # the adaptive searches' stopping threshold, None: never stop early
+    wave: int = 2                 # candidates an adaptive search runs at once per problem (adaptive.py)
 
 
 @dataclass

@@ -8,8 +8,10 @@ steps are sampled r tokens at a time. After each chunk the scorer scores every u
 it stands (its text so far as the last step) and every step that ended; within a group (the
 candidates one selection will choose among: a beam search's tree, a DVTS subtree) a step more
 than cfg.reject_margin below the group's best score is rejected, and the others go on from the
-tokens they have (the prefix cache holds them). Rejected work counts as spent. A parent whose
-steps were all rejected is not resampled: its siblings' steps beat it."""
+tokens they have (the prefix cache holds them). The group's best is taken afresh after each chunk
+over its running steps and the steps of this round that ended whole, so the best step is never
+rejected. Rejected work counts as spent. A parent whose steps were all rejected is not resampled:
+its siblings' steps beat it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -82,41 +84,39 @@ def _sample_rejecting(run: Run, parents: list[Trajectory], groups: list[object],
     cfg, r = run.cfg, run.cfg.reject_every
     ended: list[dict[int, CompletionOutput]] = [{} for _ in requests]
     lost = [False] * len(requests)
-    best: dict[int, float] = {}         # group -> the best score seen this round
+    finals: dict[int, float] = {}       # group -> the best score of its steps that ended whole
+    fresh: list[tuple[int, CompletionOutput]] = []     # steps that ended whole since the last scoring
     partials: list[_Partial] = []
 
     def settle(j: int, c: CompletionOutput) -> None:
         """c (a whole step so far) ended, or goes on as a partial."""
-        limit = requests[j][2].max_tokens
-        cut = c.text.find(STEP_END) if c.finish_reason == "length" else -1
-        if cut >= 0:         # (the stop string spanned two chunks: the engine saw only its halves)
-            c.text, c.finish_reason, c.stop_reason = c.text[:cut + len(STEP_END)], "stop", STEP_END
-        if c.finish_reason != "length" or len(c.token_ids) >= limit:
+        if c.finish_reason != "length" or len(c.token_ids) >= requests[j][2].max_tokens:
             ended[j][c.index] = c
             if c.finish_reason != "length" and c.text.strip():
-                finals.append((j, c))
+                fresh.append((j, c))
         else:
             partials.append(_Partial(j, c.index, list(c.token_ids), c.text, requests[j][2].seed + c.index))
 
     # the first chunk: all k samples of each request at once (they share the prompt's prefill)
-    finals: list[tuple[int, CompletionOutput]] = []
     first = [(problem, prompt, _chunk(params, r)) for problem, prompt, params in requests]
     for j, out in enumerate(run.generate(first) if first else []):
         for c in out.outputs:
             settle(j, c)
     chunk_no = 1
     while partials:
-        # score each running step as it stands, and each step that ended since the last chunk
+        # score each running step as it stands, and each step that ended whole since the last time
         running = [p for p in partials if p.text.strip()]
         scored = [Trajectory(parents[p.request].problem, [], parents[p.request].steps + [p.text])
                   for p in running]
-        done = [Trajectory(parents[j].problem, [], parents[j].steps + [c.text]) for j, c in finals]
+        done = [Trajectory(parents[j].problem, [], parents[j].steps + [c.text]) for j, c in fresh]
         run.score(scored + done)
-        pairs = [(p.request, t) for p, t in zip(running, scored)]
-        for j, t in pairs + [(j, t) for (j, _), t in zip(finals, done)]:
-            g = id(groups[j])
-            best[g] = max(best.get(g, -1.0), t.scores[-1])
-        finals = []
+        for (j, _), t in zip(fresh, done):
+            finals[id(groups[j])] = max(finals.get(id(groups[j]), -1.0), t.scores[-1])
+        fresh = []
+        # the frontier: the best of the group's running steps now and of its steps that ended
+        best = dict(finals)
+        for p, t in zip(running, scored):
+            best[id(groups[p.request])] = max(best.get(id(groups[p.request]), -1.0), t.scores[-1])
         low = {id(p) for p, t in zip(running, scored)
                if t.scores[-1] < best[id(groups[p.request])] - cfg.reject_margin}
         for p in partials:
@@ -131,11 +131,28 @@ def _sample_rejecting(run: Run, parents: list[Trajectory], groups: list[object],
                          _chunk(params, r, params.max_tokens - len(p.tokens), _reseed(p.seed, chunk_no))))
         partials = []
         for p, out in zip(keep, run.generate(more) if more else []):
-            c = out.outputs[0]
-            settle(p.request, CompletionOutput(p.index, p.text + c.text, p.tokens + list(c.token_ids), None,
-                                               None, c.finish_reason, c.stop_reason))
+            settle(p.request, _joined(run, p, out.outputs[0], requests[p.request][2]))
         chunk_no += 1
-    return [([d[i] for i in sorted(d)], lost[j]) for j, d in enumerate(ended)]
+    # (a step rejected against a sibling that was then cut by the step's token limit lost to no
+    # one: its parent counts as without children, so it is resampled and then closed, as always)
+    whole = {id(groups[j]) for j, d in enumerate(ended) for c in d.values()
+             if c.finish_reason != "length" and c.text.strip()}
+    return [([d[i] for i in sorted(d)], lost[j] and id(groups[j]) in whole) for j, d in enumerate(ended)]
+
+
+def _joined(run: Run, p: _Partial, c: CompletionOutput, params: SamplingParams) -> CompletionOutput:
+    """A partial step and its next chunk as one completion. Its text is decoded whole (a character
+    split between the chunks is whole again), and a step end that spans the two chunks (the
+    engine saw only its halves) or that the chunk's own stop came after ends it there."""
+    ids = p.tokens + list(c.token_ids)
+    text = run.tokenizer.decode(ids, skip_special_tokens=params.skip_special_tokens)
+    reason, stop = c.finish_reason, c.stop_reason
+    cut = text.find(STEP_END)
+    if cut >= 0:
+        text, reason, stop = text[:cut + len(STEP_END)], "stop", STEP_END
+    elif stop == STEP_END:        # (cut out of the text by a tokenizer that drops it: keep it as found)
+        text += STEP_END
+    return CompletionOutput(p.index, text, ids, None, None, reason, stop)
 
 
 def _chunk(params: SamplingParams, r: int, left: int | None = None, seed: int | None = None

@@ -6,11 +6,12 @@ import argparse
 
 from tts_engine.flops import GPUS
 from tts_engine.prm import KINDS
+from tts_engine.study.analysis import SEARCHES
 from tts_engine.study.checks import MAX_N
 from tts_engine.tasks.prompts import STYLES
 
-ALL_METHODS = ("cot", "bon", "beam", "dvts", "compute-optimal")
-NEEDS_PRM = {"bon", "beam", "dvts", "compute-optimal"}
+ALL_METHODS = ("cot", *SEARCHES, "compute-optimal")
+NEEDS_PRM = {*SEARCHES, "compute-optimal"}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -24,6 +25,15 @@ class Help(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def stop_at(text: str) -> float | None:
+    if text.lower() in ("off", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability or off, got {text!r}") from None
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tts_engine.run", description=description,
                                  formatter_class=Help)
@@ -33,7 +43,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--prm-kind", default="auto", choices=("auto", *KINDS), help="PRM family")
     ap.add_argument("--dataset", help="a JSONL file (problem, answer[, id, level]) or a cached HF dataset")
     ap.add_argument("--method", nargs="+", choices=ALL_METHODS,
-                    help="default: cot bon beam dvts (the toy study adds compute-optimal)")
+                    help="default: cot bon beam dvts (the toy study adds bon-adaptive dvts-adaptive beam-vg "
+                    "compute-optimal)")
     ap.add_argument("--cot-only", nargs="+", default=[], metavar="DIR",
                     help="policies (of --policy) that run CoT only, as baselines")
     ap.add_argument("--n", nargs="+", type=int, default=[4, 16, 64], help=f"budgets N (at most {MAX_N})")
@@ -49,6 +60,18 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--step-tokens", type=int, help="tokens per step (default: 2048; toy: 32)")
     ap.add_argument("--max-tokens", type=int,
                     help="tokens per solution for CoT and best-of-N (default: 8192; toy: 200)")
+    ap.add_argument("--verify-every", type=int, default=2, metavar="G",
+                    help="beam-vg: score and select every G steps (1: beam search)")
+    ap.add_argument("--reject-every", type=int, default=0, metavar="R",
+                    help="beam, dvts, beam-vg, dvts-adaptive: score running steps every R tokens and "
+                    "reject those more than --reject-margin below their group's best (0: off)")
+    ap.add_argument("--reject-margin", type=float, default=0.2, help="see --reject-every")
+    ap.add_argument("--stop-at", type=stop_at, default=0.6, metavar="P",
+                    help="bon-adaptive, dvts-adaptive: stop a problem once its PRM-weighted vote's leader "
+                    "wins with posterior probability P (Adaptive-Consistency's Beta rule; off: never "
+                    "early, as bon and dvts)")
+    ap.add_argument("--wave", type=int, default=2, help="bon-adaptive, dvts-adaptive: samples (subtrees) "
+                    "of a problem running at once")
     ap.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (CoT is greedy)")
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling")
     ap.add_argument("--prompt-style", default="auto", choices=STYLES,
@@ -62,7 +85,7 @@ def parser(description: str) -> argparse.ArgumentParser:
                     help="training tokens of a model (by folder name), for total FLOPs (default: the "
                     "model folder's training.json)")
     ap.add_argument("--chunk", type=int, help="problems per unit of work (default: 64 for CoT, 256 / N "
-                    "otherwise)")
+                    "otherwise, 256 / what an adaptive search runs at once per problem)")
     ap.add_argument("--policy-memory", type=float, default=0.45, help="policy's gpu_memory_utilization")
     ap.add_argument("--prm-memory", type=float, default=0.45, help="PRM's gpu_memory_utilization")
     ap.add_argument("--workers", type=int, help="engine replicas as Ray actors (one GPU each when there "

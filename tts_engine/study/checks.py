@@ -49,12 +49,19 @@ def check_options(args, needs_prm: set[str]) -> None:
         raise UsageError("--dataset is required (a JSONL file or a cached dataset name)")
     for n in args.n:
         positive("--n", n, MAX_N)
-    for flag in ("beam_width", "max_steps", "step_tokens", "max_tokens", "limit", "chunk", "workers"):
+    for flag in ("beam_width", "max_steps", "step_tokens", "max_tokens", "limit", "chunk", "workers",
+                 "verify_every", "wave"):
         positive("--" + flag.replace("_", "-"), getattr(args, flag))
     if not 0 <= args.difficulty_samples <= MAX_N:
         raise UsageError(f"--difficulty-samples must be between 0 and {MAX_N}, got {args.difficulty_samples}")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise UsageError(f"--temperature must be a finite number >= 0 (0: greedy), got {args.temperature}")
+    if args.reject_every < 0:
+        raise UsageError(f"--reject-every must be >= 0 (0: off), got {args.reject_every}")
+    if not (math.isfinite(args.reject_margin) and args.reject_margin >= 0):
+        raise UsageError(f"--reject-margin must be a finite number >= 0, got {args.reject_margin}")
+    if args.stop_at is not None and not (math.isfinite(args.stop_at) and 0 < args.stop_at <= 1):
+        raise UsageError(f"--stop-at must be in (0, 1], got {args.stop_at}")
     if not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
         raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
     for flag in ("policy_memory", "prm_memory"):
@@ -75,7 +82,7 @@ def check_options(args, needs_prm: set[str]) -> None:
     if "compute-optimal" in args.method and args.difficulty_samples < 1:
         raise UsageError("--method compute-optimal picks by difficulty bin: it needs --difficulty-samples "
                          ">= 1, got 0")
-    if {"beam", "dvts", "compute-optimal"} & set(args.method):
+    if {"beam", "dvts", "beam-vg", "dvts-adaptive", "compute-optimal"} & set(args.method):
         bad = [n for n in args.n if n % args.beam_width]
         if bad:
             raise UsageError(f"N={bad[0]} is not a multiple of --beam-width {args.beam_width} (beam search "

@@ -21,13 +21,13 @@ import csv
 import os
 from collections import defaultdict
 
-from tts_engine.study.analysis import BIN_ORDER, calibration
+from tts_engine.study.analysis import BIN_ORDER, SEARCHES, calibration
 
 STYLE = {"cot": ("black", "o"), "bon": ("tab:blue", "s"), "beam": ("tab:orange", "^"),
-         "dvts": ("tab:green", "D"), "compute-optimal": ("tab:red", "*")}
+         "dvts": ("tab:green", "D"), "compute-optimal": ("tab:red", "*"), "bon-adaptive": ("tab:cyan", "s"),
+         "dvts-adaptive": ("tab:olive", "D"), "beam-vg": ("tab:brown", "^")}
 RULE_COLOURS = ("tab:gray", "tab:blue", "tab:cyan", "tab:orange", "tab:red", "tab:green", "tab:olive",
                 "tab:purple", "tab:brown", "tab:pink")
-SEARCHES = ("bon", "beam", "dvts")
 
 
 LINESTYLES = ("-", "--", "-.", ":")

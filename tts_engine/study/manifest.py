@@ -19,8 +19,12 @@ from tts_engine.tasks.data import Problem
 # (they choose which rows exist); --chunk does, since prefix sharing inside a unit is counted.
 RESULT_SETTINGS = ("seed", "temperature", "top_p", "beam_width", "max_steps", "step_tokens", "max_tokens",
                    "prompt_style", "dtype", "device", "prm_kind", "difficulty_samples", "chunk",
+                   "verify_every", "reject_every", "reject_margin", "stop_at", "wave",
                    # the KV pool's size on a GPU: a smaller pool preempts, and recomputed tokens count
                    "policy_memory", "prm_memory")
+# Settings added after the first manifests, with the value that reproduces the rows made before
+# they existed (a folder from then resumes and extends with them at these values).
+LEGACY = {"verify_every": 2, "reject_every": 0, "reject_margin": 0.2, "stop_at": 0.6, "wave": 2}
 # Files of a model folder that decide its outputs, hashed whole; weight files are sampled.
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "chat_template.jinja", "special_tokens_map.json", "model.safetensors.index.json")
@@ -104,7 +108,7 @@ def differences(old: Manifest, new: Manifest) -> list[str]:
     if old.version != new.version:
         out.append(f"tts-engine version {old.version} -> {new.version}")
     for name in sorted(set(old.settings) | set(new.settings)):
-        a, b = old.settings.get(name), new.settings.get(name)
+        a, b = old.settings.get(name, LEGACY.get(name)), new.settings.get(name, LEGACY.get(name))
         if a != b:
             out.append(f"--{name.replace('_', '-')} {a} -> {b}")
     if old.dataset["hash"] != new.dataset["hash"]:

@@ -10,6 +10,7 @@ from tts_engine import __version__
 from tts_engine.flops import pretraining_flops
 from tts_engine.replica import Unit, model_name
 from tts_engine.search import SearchConfig
+from tts_engine.study.analysis import PAPER_SEARCHES, SEARCHES
 from tts_engine.study.args import NEEDS_PRM
 from tts_engine.study.checks import (UsageError, check_dataset, check_device, check_model, check_options,
                                      check_out, check_pretrain_tokens, check_training_json, lock_out)
@@ -85,7 +86,15 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 def search_methods(args) -> list[str]:
     """The searches run: those asked for, and all three when compute-optimal picks among them."""
-    return [m for m in ("bon", "beam", "dvts") if m in args.method or "compute-optimal" in args.method]
+    optimal = "compute-optimal" in args.method
+    return [m for m in SEARCHES if m in args.method or (optimal and m in PAPER_SEARCHES)]
+
+
+def in_flight(args, method: str, n: int) -> int:
+    """Samples of a problem that run at once: N, or an adaptive search's wave (of samples, or of
+    subtrees of M samples each). A unit holds about 256 of them."""
+    wave = {"bon-adaptive": args.wave, "dvts-adaptive": args.wave * args.beam_width}.get(method)
+    return min(n, wave) if wave else n
 
 
 def plan_units(args, plan: Plan) -> list[Unit]:
@@ -95,7 +104,8 @@ def plan_units(args, plan: Plan) -> list[Unit]:
     problems = plan.problems
     base = SearchConfig(beam_width=args.beam_width, temperature=args.temperature, top_p=args.top_p,
                         max_steps=args.max_steps, step_tokens=args.step_tokens, max_tokens=args.max_tokens,
-                        seed=args.seed)
+                        seed=args.seed, verify_every=args.verify_every, reject_every=args.reject_every,
+                        reject_margin=args.reject_margin, stop_at=args.stop_at, wave=args.wave)
 
     def chunked(kind, policy, prm, method, cfg, done, size, samples=0) -> list[Unit]:
         fixed = [problems[i:i + size] for i in range(0, len(problems), size)]
@@ -104,7 +114,7 @@ def plan_units(args, plan: Plan) -> list[Unit]:
 
     def method_units(policy, prm, method, n):
         key = (model_name(policy), prm and model_name(prm), method, n)
-        size = args.chunk or (64 if method == "cot" else max(1, 256 // n))
+        size = args.chunk or (64 if method == "cot" else max(1, 256 // in_flight(args, method, n)))
         return chunked("method", policy, prm, method, replace(base, n=n),
                        lambda i: (*key, i) in plan.results.done, size)
 

@@ -53,6 +53,8 @@ def summarize(rows: list[dict], pretraining: dict[str, int], gpu: str = "h100") 
             "bytes_inference": moved, "gpu": gpu,
             "eflops_inference": None if moved is None else eflops(inference, moved, gpu),
             "tokens": sum(r["tokens"]["policy"] + r["tokens"]["prm"] for r, _ in members),
+            # the budget spent per problem (an adaptive search's samples started; N otherwise)
+            "used_per_problem": sum(r.get("used", r["n"]) for r, _ in members) / len(members),
             "seconds": math.fsum(r["seconds"] for r, _ in members)})
     out.sort(key=lambda x: (x["policy"], x["prm"] or "", BIN_ORDER.index(x["difficulty"]), x["method"],
                             x["n"], x["aggregation"]))
@@ -64,7 +66,7 @@ def table(summary: list[dict], rules: tuple[str, ...] = ("majority", "prm_last_m
     """The printed table (all problems; the main aggregation rules)."""
     lines = [f"{'policy':<18}{'prm':<18}{'method':<16}{'N':>4} {'aggregation':<14}{'bin':<7}{'probs':>6}"
              f"{'accuracy':>9}  {'95% CI':<13}{'FLOPs/problem':>14}{'FLOPs total':>13}"
-             f"{'+PRM train':>12}{'eFLOPs/prob':>12}"]
+             f"{'+PRM train':>12}{'eFLOPs/prob':>12}{'used':>7}{'s/prob':>8}"]
     for s in summary:
         if s["aggregation"] not in rules:
             continue
@@ -73,7 +75,8 @@ def table(summary: list[dict], rules: tuple[str, ...] = ("majority", "prm_last_m
                      f"{s['aggregation']:<14}{s['difficulty']:<7}{s['problems']:>6}{s['accuracy']:>9.3f}  "
                      f"[{lo:.2f}, {hi:.2f}]  {s['flops_inference'] / s['problems']:>13.3g}"
                      f"{s['flops_total']:>13.3g}{s['flops_total_with_prm']:>12.3g}"
-                     f"{_per_problem(s, 'eflops_inference'):>12}")
+                     f"{_per_problem(s, 'eflops_inference'):>12}{s.get('used_per_problem', s['n']):>7.1f}"
+                     f"{s['seconds'] / s['problems']:>8.3f}")
     return "\n".join(lines)
 
 
