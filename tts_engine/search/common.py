@@ -39,7 +39,7 @@ class SearchConfig:
     reject_every: int = 0         # r: partial-step rejection every r tokens, 0: off (search/steps.py)
     reject_margin: float = 0.2    # a running step this far below its group's best score is rejected
     stop_at: float | None = 0.6   # the adaptive searches' stopping threshold, None: never stop early
-    wave: int = 2                 # candidates an adaptive search runs at once per problem (adaptive.py)
+    wave: int = 1                 # candidates an adaptive search runs at once per problem (adaptive.py)
 
 
 @dataclass

@@ -70,8 +70,9 @@ def parser(description: str) -> argparse.ArgumentParser:
                     help="bon-adaptive, dvts-adaptive: stop a problem once its PRM-weighted vote's leader "
                     "wins with posterior probability P (Adaptive-Consistency's Beta rule; off: never "
                     "early, as bon and dvts)")
-    ap.add_argument("--wave", type=int, default=2, help="bon-adaptive, dvts-adaptive: samples (subtrees) "
-                    "of a problem running at once")
+    ap.add_argument("--wave", type=int, default=1, help="bon-adaptive, dvts-adaptive: samples (subtrees) "
+                    "of a problem running at once (results do not depend on it: more is less latency "
+                    "per problem and more samples started beyond the stop)")
     ap.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (CoT is greedy)")
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling")
     ap.add_argument("--prompt-style", default="auto", choices=STYLES,

@@ -24,7 +24,7 @@ RESULT_SETTINGS = ("seed", "temperature", "top_p", "beam_width", "max_steps", "s
                    "policy_memory", "prm_memory")
 # Settings added after the first manifests, with the value that reproduces the rows made before
 # they existed (a folder from then resumes and extends with them at these values).
-LEGACY = {"verify_every": 2, "reject_every": 0, "reject_margin": 0.2, "stop_at": 0.6, "wave": 2}
+LEGACY = {"verify_every": 2, "reject_every": 0, "reject_margin": 0.2, "stop_at": 0.6, "wave": 1}
 # Files of a model folder that decide its outputs, hashed whole; weight files are sampled.
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "chat_template.jinja", "special_tokens_map.json", "model.safetensors.index.json")
