@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from tts_engine.search.adaptive import settled
+from tts_engine.search.adaptive import Vote
 from tts_engine.search.aggregate import choose
 from tts_engine.study.analysis import calibration
 from tts_engine.study.manifest import Manifest
@@ -34,7 +34,12 @@ RULE = "prm_min_vote"
 def simulate(row: dict, gold: str, budget: int, stop_at: float | None) -> tuple[bool, int]:
     """(correct under RULE, candidates used) of the adaptive search on this fixed-budget row."""
     cands = [(extract_answer(c["text"]), c["step_scores"]) for c in row["candidates"]]
-    k = next(k for k in range(1, len(cands) + 1) if settled(cands[:k], budget, stop_at) or k == len(cands))
+    vote, k = Vote(budget), len(cands)
+    for j, (answer, scores) in enumerate(cands, 1):
+        vote.add(answer, scores)
+        if vote.settled(stop_at):
+            k = j
+            break
     answer = choose(cands[:k], (RULE,))[RULE]
     return grade(answer, gold), k
 

@@ -220,6 +220,8 @@ def test_the_study_runs_and_reports_the_searches_beyond_the_paper(tmp_path, caps
     assert all(len([r for r in rows if r["method"] == m and r["policy"] == SMALL]) == 10 for m in methods)
     for r in rows:
         assert 0 < r["used"] <= r["n"] and (r["used"] == r["n"] or r["method"].endswith("adaptive"))
+    # a row's seconds are its share of its unit's wall time, whenever its own result came out
+    assert all(len({r["seconds"] for r in rows if r["unit"] == u}) == 1 for u in {r["unit"] for r in rows})
     summary = json.load(open(tmp_path / "summary.json"))
     adaptive = [s for s in summary["rows"] if s["method"] == "bon-adaptive" and s["aggregation"] == "majority"
                 and s["difficulty"] == "all"]
@@ -276,3 +278,20 @@ def test_stop_rule_off_on_the_command_line_and_folders_from_before_the_new_optio
     assert differences(old, Manifest("0.1.0", {"seed": 0, **LEGACY}, dataset)) == []
     assert differences(old, Manifest("0.1.0", {"seed": 0, **LEGACY, "stop_at": 0.9}, dataset)) == \
         [f"--stop-at {LEGACY['stop_at']} -> 0.9"]
+
+
+def test_a_step_end_split_between_chunks_ends_the_step_without_what_followed():
+    """A partial step ending in "\\n" whose next chunk is "\\n" and then EOS: the joined step ends at
+    "\\n\\n" (stop), and its ids stop there too (an EOS inside the path would be fed back)."""
+    from types import SimpleNamespace
+
+    from tts_engine.sampling_params import SamplingParams
+    from tts_engine.search.steps import STEP_END, _joined, _Partial
+    tok = LLM(model_path(SMALL), dtype="float32", device="cpu").get_tokenizer()
+    head = tok.encode("12 + 3 = 15\n", add_special_tokens=False)
+    tail = tok.encode("\n", add_special_tokens=False) + [tok.eos_token_id]
+    partial = _Partial(0, 0, head, tok.decode(head, skip_special_tokens=True), 7)
+    c = CompletionOutput(0, "\n", tail, None, None, "stop", None)
+    joined = _joined(SimpleNamespace(tokenizer=tok), partial, c, SamplingParams())
+    assert (joined.text, joined.finish_reason, joined.stop_reason) == ("12 + 3 = 15\n\n", "stop", STEP_END)
+    assert joined.token_ids == head + tail[:-1]

@@ -119,3 +119,14 @@ def test_generate_refuses_while_stepped_requests_run(tiny_llama):
     llm.abort_request(rid)
     assert [c.finish_reason for o in drain(llm) for c in o.outputs] == ["cancelled"]
     assert llm.generate({"prompt_token_ids": [5, 6]}, SamplingParams(max_tokens=2), use_tqdm=False)
+
+
+def test_encode_while_stepping_is_refused_before_anything_is_queued(tiny_llama):
+    llm = fresh(tiny_llama)
+    llm.add_request({"prompt_token_ids": [5, 6, 7]}, SamplingParams(max_tokens=4, ignore_eos=True))
+    llm.step()
+    with pytest.raises(RuntimeError, match="already running"):
+        llm.encode([[5, 6, 7, 8]])
+    assert len(drain(llm)[0].outputs[0].token_ids) == 4
+    assert_consistent(llm)
+    assert llm.encode([[5, 6, 7, 8]])[0].shape[0] == 4

@@ -121,8 +121,10 @@ class Replica:
         level = {p.id: p.level for p in unit.problems}
 
         def done(result):
-            seconds = (time.perf_counter() - start) / len(unit.problems)
-            rows.append(row_of(result, policy, prm_name, seconds, level[result.id]))
+            rows.append(row_of(result, policy, prm_name, 0.0, level[result.id]))
 
         METHODS[unit.method](self.llm, prm, list(unit.problems), cfg, on_result=done)
-        return rows
+        # each row's share of the unit's wall time (a problem's own latency would undercount a
+        # search whose results come out early: the unit ran until its last problem ended)
+        seconds = (time.perf_counter() - start) / len(unit.problems)
+        return [{**r, "seconds": seconds} for r in rows]

@@ -124,6 +124,7 @@ class Engine:
                                           trusted=ids_from_tokenizer and self.tokenizer_fits))
         for r, prefix in zip(requests, after or ()):
             r.seqs[0].after = prefix
+        self._check_idle()               # (before anything is queued)
         for r in requests:
             self.add(r)
         self.run()
@@ -163,11 +164,19 @@ class Engine:
         since the step before). Between two of its yields the caller may add requests and cancel
         sequences; it ends when nothing is queued or running. Any exception (KeyboardInterrupt
         included), or closing it before its end, aborts all work and clears the cache, which may
-        list slots whose K/V were never written, so the engine stays usable."""
+        list slots whose K/V were never written, so the engine stays usable. One loop at a time:
+        a second is refused here, before anything runs."""
+        self._check_idle()
+        return self._loop()
+
+    def _check_idle(self) -> None:
         if self._looping:
             raise RuntimeError("the engine's loop is already running (LLM.step() has requests in flight): "
                                "step them to the end first")
-        self._looping = True
+
+    def _loop(self) -> Iterator[list[Sequence]]:
+        self._check_idle()               # (again: two loops made before either started)
+        self._looping = True             # (set once running: a loop never started leaves no trace)
         pending: tuple[ScheduledBatch, Future] | None = None     # the step the host has not seen yet
         last: Future | None = None                               # the newest step handed to the device
         try:

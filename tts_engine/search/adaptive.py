@@ -181,11 +181,12 @@ def dvts_adaptive(policy: Policy, scorer: Scorer, problems: list[Problem], cfg: 
     votes = [Vote(subtrees) for _ in problems]
 
     def enough(problem: int, leaves: list[Trajectory]) -> bool:
-        """The leaves of the problem's next subtree in order (one, or none if it closed)."""
+        """The leaves of the problem's next subtree in order (its one finished beam: a path that
+        ended, or a beam closed as it was)."""
         vote = votes[problem]
         for t in leaves:
             vote.add(extract_answer("".join(t.steps)), t.scores)
-        vote.count += not leaves          # (a subtree without a leaf spent its share all the same)
+        vote.count += not leaves          # (none only if all its steps lost to nothing: it still counts)
         return vote.settled(cfg.stop_at)
 
     return search_trees(run, subtrees=subtrees, first=cfg.beam_width, keep=1, on_result=on_result,

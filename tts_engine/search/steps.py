@@ -145,11 +145,18 @@ def _joined(run: Run, p: _Partial, c: CompletionOutput, params: SamplingParams) 
     split between the chunks is whole again), and a step end that spans the two chunks (the
     engine saw only its halves) or that the chunk's own stop came after ends it there."""
     ids = p.tokens + list(c.token_ids)
-    text = run.tokenizer.decode(ids, skip_special_tokens=params.skip_special_tokens)
+
+    def decode(some: list[int]) -> str:
+        return run.tokenizer.decode(some, skip_special_tokens=params.skip_special_tokens)
+
+    text = decode(ids)
     reason, stop = c.finish_reason, c.stop_reason
     cut = text.find(STEP_END)
     if cut >= 0:
         text, reason, stop = text[:cut + len(STEP_END)], "stop", STEP_END
+        # the ids up to the one that completes the step end (none after it: an EOS among them
+        # would sit inside the path)
+        ids = ids[:next(k for k in range(len(p.tokens), len(ids) + 1) if STEP_END in decode(ids[:k]))]
     elif stop == STEP_END:        # (cut out of the text by a tokenizer that drops it: keep it as found)
         text += STEP_END
     return CompletionOutput(p.index, text, ids, None, None, reason, stop)
