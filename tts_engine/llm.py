@@ -238,7 +238,8 @@ class LLM:
         """r's output: all its samples, or these."""
         seqs = r.seqs if seqs is None else seqs
         outs = [CompletionOutput(s.index, s.text, s.output_token_ids, s.cumulative_logprob,
-                                 self._logprobs(s.logprobs, r.params), s.finish_reason, s.stop_reason)
+                                 self._logprobs(s.logprobs, r.params), s.finish_reason, s.stop_reason,
+                                 hidden_states=_step_end_state(s))
                 for s in seqs]
         prompt_logprobs = None
         first = r.seqs[0]       # (it keeps them, unless it was cancelled before its prompt was computed)
@@ -255,6 +256,14 @@ class LLM:
         tok = self.engine.tokenizer
         decoded = (lambda t: tok.decode([t])) if params.detokenize else (lambda t: None)   # noqa: E731
         return [{t: Logprob(lp, rank, decoded(t)) for t, (lp, rank) in e.items()} for e in entries]
+
+
+def _step_end_state(seq: Sequence) -> torch.Tensor | None:
+    """[1, hidden] on the host: the state the sequence's last token was sampled from, when it asked
+    and a stop string, stop token or EOS ended it (one copy per completion, at its end)."""
+    if not seq.params.return_hidden_states or seq.finish_reason != "stop" or seq.last_hidden is None:
+        return None
+    return seq.last_hidden.cpu().unsqueeze(0)
 
 
 def _token_ids(ids) -> list[int]:

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tts_engine.work import Work
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -28,6 +32,9 @@ class CompletionOutput:
     finish_reason: str | None = None       # "stop" (EOS, stop string or stop token) or "length"
     stop_reason: str | int | None = None   # the stop string or stop token id that ended it, None for EOS
     lora_request: None = None
+    # beyond vLLM (SamplingParams.return_hidden_states): [1, hidden], the final state its last
+    # token was sampled from, when a stop string, stop token or EOS ended it
+    hidden_states: torch.Tensor | None = None
 
     def finished(self) -> bool:
         return self.finish_reason is not None

@@ -44,6 +44,10 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False   # True keeps the matched stop string in `text`
+    # beyond vLLM: each completion that a stop string, stop token or EOS ends also returns the final
+    # hidden state (after the last norm) from which its last token was sampled (CompletionOutput.
+    # hidden_states), taken from the step's own forward pass
+    return_hidden_states: bool = False
 
     def __init__(self, *args, **kwargs):
         if args:
@@ -97,6 +101,8 @@ class SamplingParams:
             check_unicode("stop string", s)
         if any(isinstance(t, bool) or not isinstance(t, int) for t in self.stop_token_ids):
             raise ValueError(f"stop_token_ids must be integers, got {self.stop_token_ids!r}")
+        if not isinstance(self.return_hidden_states, bool):
+            raise ValueError(f"return_hidden_states must be True or False, got {self.return_hidden_states!r}")
         if self.stop and not self.detokenize:
             raise ValueError("stop strings need detokenize=True (they are matched on the text)")
 

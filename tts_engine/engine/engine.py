@@ -279,6 +279,10 @@ class Engine:
                     if not c.seq.generates and c.end == len(c.seq) and c.seq.status is not Status.FINISHED]
         for seq in finished:
             seq.finish_reason = "encoded"
+        if out.hidden is not None:          # (a row of a sequence finished since it was scheduled is void)
+            for seq, h in zip(batch.sampling, out.hidden):
+                if seq.params.return_hidden_states and seq.status is not Status.FINISHED:
+                    seq.last_hidden = h
         done, appended = self.output.append_all(batch.sampling, out.rows)
         self.stats.generated_tokens += appended
         finished += done

@@ -51,6 +51,8 @@ class Prepared:
 class StepOutput:
     rows: list[SampledRow]                 # one per batch.sampling
     kept: torch.Tensor | None              # [len(batch.kept), hidden]
+    # [len(batch.sampling), hidden]: the states the rows sampled from, when a row's params ask
+    hidden: torch.Tensor | None = None
 
 
 INTS = ("table_rows", "positions", "slot_mapping", "decode_ids", "prefill_ids", "decode_rows",
@@ -193,18 +195,23 @@ class ModelRunner:
             cascade_levels=cascade or None, prefill_rows=t["prefill_rows"],
             prefill_q_start=t["prefill_q_start"], prefill_q_lens=t["prefill_q_lens"],
             prefill_kv_lens=t["prefill_kv_lens"], prefill_max_q_len=prep.max_q_len)
-        kept = None
-        if self.graphs is not None and not prep.batch.prefill and self.graphs.can_run(meta):
+        kept = sampled_from = None
+        wants_hidden = any(p.return_hidden_states for p in prep.params)   # (then eager: graphs keep logits)
+        graphs = self.graphs is not None and not prep.batch.prefill and not wants_hidden
+        if graphs and self.graphs.can_run(meta):
             logits = self.graphs.run(ids, t["positions"], meta)
         else:
             hidden = self.model(ids, t["positions"], meta)
             if t["keep_rows"].numel():
                 kept = hidden.index_select(0, t["keep_rows"])
-            logits = self.model.compute_logits(hidden.index_select(0, t["sample_rows"]))
+            sampled_from = hidden.index_select(0, t["sample_rows"])
+            logits = self.model.compute_logits(sampled_from)
         if not prep.params:
             return StepOutput([], kept)
         if prep.batch.forks:
             logits = logits.index_select(0, t["logit_rows"])
+            if wants_hidden:
+                sampled_from = sampled_from.index_select(0, t["logit_rows"])
         processed = logits if prep.changes is None else apply(logits, prep.changes)
         sampled = self.sampler(processed, prep.params, prep.uniforms, raw=logits)
         self.next_tokens[t["next_rows"]] = sampled.tokens
@@ -212,7 +219,7 @@ class ModelRunner:
         for i, r in enumerate(rows):
             if not r.finite:       # the host replaced the token: so must the next step's input
                 self.next_tokens[prep.ints["next_rows"][i]] = r.token
-        return StepOutput(rows, kept)
+        return StepOutput(rows, kept, sampled_from if wants_hidden else None)
 
     def _write_table(self, t: dict[str, torch.Tensor], prep: Prepared) -> None:
         """The step's new tokens, then rows filled from the tree (which may overwrite a fork parent's

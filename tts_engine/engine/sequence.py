@@ -34,6 +34,7 @@ class Sequence:
         self.generates = generates
         self.hidden_positions = sorted(set(hidden_positions)) if hidden_positions else None
         self.hidden_states: dict[int, torch.Tensor] = {}
+        self.last_hidden: torch.Tensor | None = None   # the state its newest token was sampled from
         # KV bookkeeping: the K/V of the first num_tree tokens are the radix tree's, on the path
         # to `node` (locked by it; node.depth == num_tree); those of tokens num_tree..num_computed
         # are the sequence's own, in slots `own`. Nothing here grows with the cached context, so
