@@ -163,7 +163,7 @@ def test_a_decode_step_copies_to_the_host_once(tiny_llama, monkeypatch, params):
     llm = LLM(tiny_llama, dtype="float32", device="cpu", kv_cache_tokens=1024, overlap=False)   # step by step
     prompts = [{"prompt_token_ids": [5, 6, 7, 8, 9]}, {"prompt_token_ids": [5, 6, 7, 40, 41, 42]}]
     per_step, engine = [], llm.engine
-    real_step = engine.step_finished
+    real_step = engine.step
 
     def counted_step():
         counter.calls.clear()
@@ -173,7 +173,7 @@ def test_a_decode_step_copies_to_the_host_once(tiny_llama, monkeypatch, params):
         per_step.append((decode_only, list(counter.calls)))
         return done
 
-    engine.step_finished = counted_step
+    engine.step = counted_step
     counter = SyncCounter(monkeypatch)
     llm.generate(prompts, params)
     monkeypatch.undo()

@@ -183,7 +183,7 @@ class Engine:
             with _heap_frozen():
                 while self.scheduler.has_work():
                     if not self.overlap:
-                        yield self._reported(self.step_finished())
+                        yield self._reported(self.step())
                         continue
                     if pending is not None and self._needs_host_state():
                         yield self._reported(self._postprocess(pending[0], pending[1].result()))
@@ -233,11 +233,7 @@ class Engine:
             self._close(seq)
             self._cancelled.append(seq)
 
-    def step(self) -> int:
-        """Run one step synchronously; return how many sequences finished."""
-        return len(self.step_finished())
-
-    def step_finished(self) -> list[Sequence]:
+    def step(self) -> list[Sequence]:
         """Run one step synchronously; return the sequences it finished."""
         batch = self._schedule(True)
         if not batch:

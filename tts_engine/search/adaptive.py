@@ -22,10 +22,9 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from tts_engine.sampling_params import SamplingParams
 from tts_engine.search.aggregate import trajectory_score
 from tts_engine.search.beam_search import search_trees
-from tts_engine.search.best_of_n import solution
+from tts_engine.search.best_of_n import solution, solution_params
 from tts_engine.search.common import ProblemResult, Run, SearchConfig, Trajectory
 from tts_engine.search.contract import Policy, Scorer
 from tts_engine.tasks.data import Problem
@@ -121,11 +120,7 @@ def bon_adaptive(policy: Policy, scorer: Scorer, problems: list[Problem], cfg: S
 
     def submit(i: int) -> None:
         k = min(cfg.wave, cfg.n - started[i])
-        prompt = run.prompts[i]
-        params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                seed=run.seed(i, 0, "root") + started[i],
-                                max_tokens=max(1, min(cfg.max_tokens, run.max_len - len(prompt))))
-        rid = policy.add_request({"prompt_token_ids": prompt}, params)
+        rid = policy.add_request({"prompt_token_ids": run.prompts[i]}, solution_params(run, i, k, started[i]))
         owner[rid] = (i, started[i])
         live[i].add(rid)
         started[i] += k

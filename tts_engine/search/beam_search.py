@@ -148,10 +148,11 @@ def _expand(run: Run, trees: list[_Tree], first: int, every: int) -> None:
                 t.candidates.append(kids[0])
             else:
                 owners.append((t, j, kids[0]))
+    wanted = {id(b): cfg.beam_width if b.steps else first for _, _, b in owners}   # (a root: first)
     kids_of = {}
-    for k in sorted({first if not b.steps else cfg.beam_width for _, _, b in owners}):
-        mine = [o for o in owners if (first if not o[2].steps else cfg.beam_width) == k]
-        keys = [f"{t.subtree}" if not b.steps else f"{t.subtree}.{j}" for t, j, b in mine]
+    for k in sorted(set(wanted.values())):
+        mine = [o for o in owners if wanted[id(o[2])] == k]
+        keys = [f"{t.subtree}.{j}" if b.steps else f"{t.subtree}" for t, j, b in mine]
         got = sample_steps(run, [b for _, _, b in mine], k, keys, [t for t, _, _ in mine])
         for o, kids in zip(mine, got):
             kids_of[id(o[2])] = kids

@@ -28,10 +28,7 @@ def _whole(policy, scorer, problems, cfg, method, on_result) -> list[ProblemResu
     greedy = method == "cot"
     requests = []
     for i, prompt in enumerate(run.prompts):
-        params = SamplingParams(n=1 if greedy else cfg.n, temperature=0.0 if greedy else cfg.temperature,
-                                top_p=1.0 if greedy else cfg.top_p, seed=run.seed(i, 0, "root"),
-                                max_tokens=max(1, min(cfg.max_tokens, run.max_len - len(prompt))))
-        requests.append((i, prompt, params))
+        requests.append((i, prompt, solution_params(run, i, 1 if greedy else cfg.n, greedy=greedy)))
     finals: list[list[Trajectory]] = []
     for (i, _, _), out in zip(requests, run.generate(requests)):
         finals.append([solution(i, c) for c in out.outputs])
@@ -43,6 +40,15 @@ def _whole(policy, scorer, problems, cfg, method, on_result) -> list[ProblemResu
         if on_result is not None:
             on_result(results[-1])
     return results
+
+
+def solution_params(run: Run, problem: int, n: int, first: int = 0, greedy: bool = False) -> SamplingParams:
+    """Whole solutions first..first+n-1 of a problem: sample j draws from seed + j, so a later
+    batch of samples (bon-adaptive's waves) draws what best-of-N's same samples draw."""
+    cfg = run.cfg
+    return SamplingParams(n=n, temperature=0.0 if greedy else cfg.temperature,
+                          top_p=1.0 if greedy else cfg.top_p, seed=run.seed(problem, 0, "root") + first,
+                          max_tokens=max(1, min(cfg.max_tokens, run.max_len - len(run.prompts[problem]))))
 
 
 def solution(problem: int, c: CompletionOutput) -> Trajectory:

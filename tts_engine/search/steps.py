@@ -92,7 +92,7 @@ def _sample_rejecting(run: Run, parents: list[Trajectory], groups: list[object],
         """c (a whole step so far) ended, or goes on as a partial."""
         if c.finish_reason != "length" or len(c.token_ids) >= requests[j][2].max_tokens:
             ended[j][c.index] = c
-            if c.finish_reason != "length" and c.text.strip():
+            if _whole(c):
                 fresh.append((j, c))
         else:
             partials.append(_Partial(j, c.index, list(c.token_ids), c.text, requests[j][2].seed + c.index))
@@ -135,9 +135,13 @@ def _sample_rejecting(run: Run, parents: list[Trajectory], groups: list[object],
         chunk_no += 1
     # (a step rejected against a sibling that was then cut by the step's token limit lost to no
     # one: its parent counts as without children, so it is resampled and then closed, as always)
-    whole = {id(groups[j]) for j, d in enumerate(ended) for c in d.values()
-             if c.finish_reason != "length" and c.text.strip()}
+    whole = {id(groups[j]) for j, d in enumerate(ended) for c in d.values() if _whole(c)}
     return [([d[i] for i in sorted(d)], lost[j] and id(groups[j]) in whole) for j, d in enumerate(ended)]
+
+
+def _whole(c: CompletionOutput) -> bool:
+    """An ended step that can become a child: not cut by the token limit, not empty."""
+    return c.finish_reason != "length" and bool(c.text.strip())
 
 
 def _joined(run: Run, p: _Partial, c: CompletionOutput, params: SamplingParams) -> CompletionOutput:
