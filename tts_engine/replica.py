@@ -119,12 +119,9 @@ class Replica:
             estimate(self.llm, prm, list(unit.problems), cfg, unit.samples, on_result=measured)
             return rows
         level = {p.id: p.level for p in unit.problems}
-
-        def done(result):
-            rows.append(row_of(result, policy, prm_name, 0.0, level[result.id]))
-
-        METHODS[unit.method](self.llm, prm, list(unit.problems), cfg, on_result=done)
+        results = []
+        METHODS[unit.method](self.llm, prm, list(unit.problems), cfg, on_result=results.append)
         # each row's share of the unit's wall time (a problem's own latency would undercount a
         # search whose results come out early: the unit ran until its last problem ended)
         seconds = (time.perf_counter() - start) / len(unit.problems)
-        return [{**r, "seconds": seconds} for r in rows]
+        return [row_of(r, policy, prm_name, seconds, level[r.id]) for r in results]
